@@ -70,7 +70,7 @@ class C3Net(nn.Module):
         self.head_upsample = upsample(2)
         self.head_conv = nn.Conv2d(c3, config.num_classes, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _coarse(self, x: torch.Tensor) -> torch.Tensor:
         image_half = self.pool(x)
         image_quarter = self.pool(image_half)
         y = self.stem_norm(torch.cat([self.stem(x), image_half], 1))
@@ -78,10 +78,17 @@ class C3Net(nn.Module):
         y = self.stages[0].norm(torch.cat([last, entry, image_quarter], 1))
         entry, last = self.stages[1].run(y)
         y = self.stages[1].norm(torch.cat([entry, last], 1))
-        y = self.coarse(y)
+        return self.coarse(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._coarse(x)
         if self.config.fine_block is not None:
             y = y + self.fine_block(self.fine_conv(x))
         return self.head_conv(self.head_upsample(self.head_norm(y)))
+
+    def forward_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the coarse path alone (no fine path): the encoder-first training stage."""
+        return self.head_conv(self.head_upsample(self.head_norm(self._coarse(x))))
 
 
 class SINet(nn.Module):
@@ -113,7 +120,8 @@ class SINet(nn.Module):
         self.head_upsample = upsample(2)
         self.head_conv = nn.Conv2d(classes, classes, 3, 1, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1/8-resolution class logits, stage-1 features for the decoder's skip)."""
         y = self.stem(x)
         skip = None
         for down, stage in zip(self.downs, self.stages):
@@ -121,7 +129,15 @@ class SINet(nn.Module):
             _, last = stage.run(d)
             skip = last if skip is None else skip
             y = stage.norm(torch.cat([d, last], 1))
-        coarse = self.dec_bn1(self.dec_upsample1(self.enc_head(y)))
+        return self.enc_head(y), skip
+
+    def forward_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's own 1/8-resolution logits: the encoder-first training stage."""
+        return self._encode(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        encoded, skip = self._encode(x)
+        coarse = self.dec_bn1(self.dec_upsample1(encoded))
         detail = self.skip(skip)
         if self.config.information_blocking:
             # Pass detail only where the coarse prediction is unsure.

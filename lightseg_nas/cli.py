@@ -1,0 +1,214 @@
+"""The ``lightseg-nas`` command. Each command parses options and calls one library function.
+
+A mistake in the user's input ends with one line on stderr and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lightseg_nas.errors import UserError
+
+app = typer.Typer(
+    help="Architecture search and compression for lightweight portrait segmentation "
+    "(ExtremeC3Net / SINet search spaces on EG1800).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _group() -> None:
+    """Architecture search and compression for lightweight portrait segmentation."""
+
+
+def user_errors(command):
+    """Turn UserError into 'error: ...' and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _print_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+PresetOption = typer.Option(None, "--preset", help="A published network: extremec3net or sinet.")
+ConfigOption = typer.Option(None, "--config", help="A network config JSON file (as written by export).")
+SpaceOption = typer.Option(None, "--space", help="Sample a random network of this search space (with --seed).")
+SeedOption = typer.Option(0, "--seed", help="Seed of the --space sample.")
+ClassesOption = typer.Option(None, "--classes", help="Override the number of output classes (1 logit or 2 softmax).")
+
+
+@app.command()
+@user_errors
+def measure(
+    preset: Optional[str] = PresetOption,
+    config: Optional[Path] = ConfigOption,
+    space: Optional[str] = SpaceOption,
+    seed: int = SeedOption,
+    classes: Optional[int] = ClassesOption,
+    size: int = typer.Option(224, help="Input height and width (a multiple of 32)."),
+    threads: int = typer.Option(1, help="CPU threads for the latency measurement."),
+    repeats: int = typer.Option(30, help="Timed runs after warm-up (median and quartiles are reported)."),
+    backend: str = typer.Option("torch", help="Latency backend: torch (eager) or onnxruntime."),
+    reference: str = typer.Option("sinet", help="Preset timed in the same run for a latency ratio; 'none' to skip."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (params, macs, latency_ms, ...)."),
+):
+    """Parameters, MACs (by counter, with what each left out) and measured CPU latency of one network."""
+    from lightseg_nas.measure import cost_report, resolve_config
+
+    if backend not in ("torch", "onnxruntime"):
+        raise UserError(f"--backend must be torch or onnxruntime, got {backend!r}")
+    network = resolve_config(preset, config, space, seed, classes)
+    report = cost_report(network, size, threads, repeats, backend, None if reference == "none" else reference)
+    if as_json:
+        _print_json(report)
+        return
+    typer.echo(f"network     {network.family} arch {report['arch_id']}, {report['num_classes']} class(es), {size}x{size}")
+    typer.echo(f"params      {report['params']:,}")
+    for counter, value in report["macs"].items():
+        left_out = ", ".join(report["macs_uncounted"][counter]) or "nothing"
+        typer.echo(f"MACs        {value / 1e6:9.2f}M  by {counter:<9} (uncounted: {left_out})")
+    latency = report["latency"]
+    typer.echo(
+        f"latency     {latency['median_ms']:.2f} ms median (IQR {latency['p25_ms']:.2f}-{latency['p75_ms']:.2f}), "
+        f"{backend}, {threads} thread(s), batch 1, {repeats} runs"
+    )
+    if "latency_ratio" in report:
+        typer.echo(f"            {report['latency_ratio']:.2f}x the latency of {reference} timed in the same run")
+
+
+DataOption = typer.Option("synthetic", "--data", help="Dataset: eg1800:PATH (either public layout) or synthetic[:count=N,seed=S].")
+ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val' (default 0.1).")
+ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images (default 0).")
+
+
+@app.command()
+@user_errors
+def train(
+    config: Optional[Path] = typer.Argument(None, help="Network config JSON (from export); or use --preset."),
+    preset: Optional[str] = PresetOption,
+    data: str = DataOption,
+    out: Path = typer.Option(..., "--out", help="Run folder: model.pt at the end, checkpoint.pt after each epoch."),
+    classes: Optional[int] = ClassesOption,
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default 30)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 16)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 5e-3)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay (default 1e-4)."),
+    schedule: Optional[str] = typer.Option(None, help="cosine (default), poly or constant, after one warm-up epoch."),
+    size: Optional[int] = typer.Option(None, help="Training and validation resolution (default 224)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling and augmentation (default 0)."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Scale/crop, flip, rotation, colour, blur."),
+    val_fraction: Optional[float] = ValFractionOption,
+    val_seed: Optional[int] = ValSeedOption,
+    encoder_epochs: Optional[int] = typer.Option(None, help="First epochs train the encoder's own output (papers' stage 1)."),
+    preprocessing: Optional[str] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total (smoke tests)."),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last epoch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+):
+    """Train a config (or a preset) and write one self-contained model file, OUT/model.pt."""
+    from lightseg_nas.measure import resolve_config
+    from lightseg_nas.train import settings_from, train_to_file
+
+    network = resolve_config(preset, config, None, None, classes)
+    settings = settings_from(
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, size=size,
+        seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
+        preprocessing=preprocessing, max_steps=max_steps, device=device,
+    )
+    record = train_to_file(network, data, out, settings, resume=resume, progress=progress)
+    metrics = {**record["metrics"], "model": str(out / "model.pt"), "arch_id": record["arch_id"], "synthetic": record["data"]["synthetic"]}
+    if as_json:
+        _print_json(metrics)
+    else:
+        label = " (synthetic data)" if metrics["synthetic"] else ""
+        typer.echo(f"wrote {out / 'model.pt'}: validation fg IoU {100 * metrics.get('val_fg_iou', 0):.2f} at {metrics['val_size']}px{label}")
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A model file written by train or compress."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A published network, with --weights."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="The released state_dict for --preset."),
+    data: str = DataOption,
+    split: str = typer.Option("val", help="train, val (carved from the training list), trainval, test, ..."),
+    size: int = typer.Option(224, help="Evaluation resolution (the papers use 224)."),
+    val_fraction: Optional[float] = ValFractionOption,
+    val_seed: Optional[int] = ValSeedOption,
+    as_json: bool = typer.Option(False, "--json", help="Print fg_iou, miou, boundary_f, n_images, ... as JSON."),
+):
+    """Score a network: per-image foreground IoU (the papers' "mIoU"), mean IoU, boundary F."""
+    from lightseg_nas.inference import evaluate_network, load_network
+
+    model, preprocessing, record = load_network(checkpoint, preset, weights)
+    training = (record or {}).get("training") or {}
+    fraction = val_fraction if val_fraction is not None else training.get("val_fraction", 0.1)
+    carve_seed = val_seed if val_seed is not None else training.get("val_seed", 0)
+    metrics = evaluate_network(model, preprocessing, data, split, size, fraction, carve_seed)
+    if as_json:
+        _print_json(metrics)
+        return
+    typer.echo(f"{metrics['data']}, {metrics['n_images']} images at {size}x{size}")
+    typer.echo(f"fg_iou      {100 * metrics['fg_iou']:.2f}  (foreground IoU per image, averaged: the papers' mIoU)")
+    typer.echo(f"miou        {100 * metrics['miou']:.2f}  (background and foreground IoU over the whole set, averaged)")
+    typer.echo(f"boundary_f  {100 * metrics['boundary_f']:.2f}  (boundary F-score, 2-pixel tolerance)")
+
+
+@app.command()
+@user_errors
+def predict(
+    model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file written by train or compress."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Images of any size."),
+    out: Path = typer.Option(..., "--out", help="Folder for NAME_mask.png and NAME_preview.jpg."),
+    size: int = typer.Option(224, help="Resolution the network sees."),
+    preview: str = typer.Option("blur", help="blur or replace the background in the preview."),
+):
+    """Write each image's mask and a preview with the background blurred or replaced."""
+    from lightseg_nas.inference import load_network, predict_images
+
+    model, preprocessing, _ = load_network(model_file)
+    written = predict_images(model, preprocessing, images, out, size, preview)
+    typer.echo(f"wrote {len(written)} files to {out}")
+
+
+@app.command()
+@user_errors
+def onnx(
+    model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file written by train or compress."),
+    out: Path = typer.Option(..., "--out", help="The .onnx file to write."),
+    size: int = typer.Option(224, help="Fixed input height and width of the exported graph."),
+    tolerance: float = typer.Option(1e-4, help="Largest allowed |ONNX Runtime - PyTorch| on the logits."),
+):
+    """Export a model file to ONNX, checked against PyTorch with ONNX Runtime before it is kept."""
+    from lightseg_nas.inference import export_onnx_checked, load_network
+
+    model, _, _ = load_network(model_file)
+    difference = export_onnx_checked(model, out, size, tolerance)
+    typer.echo(f"wrote {out}: max |onnxruntime - torch| = {difference:.2e} on a {size}x{size} input")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

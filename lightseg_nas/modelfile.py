@@ -1,0 +1,106 @@
+"""Model files: one file that rebuilds its network (nanoGPT-style) and loads safely.
+
+A model file is a plain dict of tensors, strings and numbers, so it loads with
+``torch.load(..., weights_only=True)``: a pickle that would run code is refused. It holds
+the config that built the network, its state_dict, the preprocessing its inputs need, the
+training settings and seed, the metrics and the per-epoch history.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lightseg_nas.config import arch_id, config_from_dict
+from lightseg_nas.errors import UserError
+from lightseg_nas.models import build_model
+
+FORMAT = "lightseg-nas-model"
+FORMAT_VERSION = 1
+
+__all__ = ["FORMAT", "make_record", "save_record", "load_record", "load_model_file", "atomic_write", "code_version"]
+
+
+def code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lightseg-nas")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write through a temporary file in the same folder, then rename: a crash leaves the
+    old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def make_record(config, model: torch.nn.Module, preprocessing: dict, **extra) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.model_dump(mode="json"),
+        "arch_id": arch_id(config),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "preprocessing": preprocessing,
+        "code_version": code_version(),
+        **extra,
+    }
+
+
+def save_record(record: dict, path: str | Path) -> Path:
+    return atomic_write(path, lambda p: torch.save(record, p))
+
+
+def load_record(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        text = str(error)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise UserError(f"{path}: refused: the file holds pickled code, not plain data (loaded with weights_only=True)") from None
+        raise UserError(f"{path}: not a model file ({error.__class__.__name__})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise UserError(f"{path}: not a lightseg-nas model file (no '{FORMAT}' format tag)")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: model file format version {record.get('format_version')!r} is not supported")
+    for key in ("config", "state_dict", "preprocessing"):
+        if key not in record:
+            raise UserError(f"{path}: model file lacks {key!r}")
+    return record
+
+
+def load_model_file(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the network from the file's own config and load its weights strictly."""
+    record = load_record(path)
+    config = config_from_dict(record["config"], f"{path} (config)")
+    model = build_model(config)
+    try:
+        model.load_state_dict(record["state_dict"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0][:200]
+        raise UserError(f"{path}: weights do not match the file's config ({first})") from None
+    record["config_object"] = config
+    return model, record

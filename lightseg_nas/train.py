@@ -1,0 +1,248 @@
+"""The trainer: any config (or preset) into a trained, evaluated model file.
+
+Adam with a per-step schedule, augmentation on cached batches, validation every epoch on a
+split carved from the training list, a checkpoint every epoch, and a resume that continues
+exactly: each epoch's shuffling and augmentation come from a generator seeded by
+(seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lightseg_nas.data import SegmentationData, load_split
+from lightseg_nas.data.transforms import augment, get_preprocessing, normalize
+from lightseg_nas.errors import UserError
+from lightseg_nas.metrics import SegmentationMeter, predict_foreground
+from lightseg_nas.modelfile import make_record, save_record
+from lightseg_nas.models import INPUT_MULTIPLE, build_model
+
+__all__ = ["TrainSettings", "settings_from", "fit", "evaluate", "train_to_file", "resolve_device", "segmentation_loss"]
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    # Per-step learning-rate schedule after a linear warm-up over the first epoch's steps.
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    # Train and validate at size x size (a multiple of 32).
+    size: int = Field(224, ge=INPUT_MULTIPLE)
+    seed: int = 0
+    augment: bool = True
+    # Fraction of the training list held out for validation, and the seed that picks it.
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_seed: int = 0
+    # Epochs (out of ``epochs``) spent first on the encoder's own output, as in the papers.
+    encoder_epochs: int = Field(0, ge=0)
+    preprocessing: Literal["default", "released"] = "default"
+    # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
+    max_steps: Optional[int] = Field(None, ge=1)
+    device: str = "auto"
+
+
+def settings_from(**values) -> TrainSettings:
+    try:
+        settings = TrainSettings(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as error:
+        item = error.errors()[0]
+        raise UserError(f"--{'-'.join(map(str, item['loc'])).replace('_', '-')}: {item['msg']}") from None
+    if settings.size % INPUT_MULTIPLE:
+        raise UserError(f"--size must be a multiple of {INPUT_MULTIPLE}, got {settings.size}")
+    if settings.encoder_epochs >= settings.epochs:
+        raise UserError(f"--encoder-epochs ({settings.encoder_epochs}) must be fewer than --epochs ({settings.epochs})")
+    return settings
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """1 class: binary cross-entropy on the logit; 2 classes: softmax cross-entropy."""
+    if logits.shape[-2:] != masks.shape[-2:]:
+        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], masks.float())
+    return F.cross_entropy(logits, masks.long())
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: SegmentationData, preprocessing: dict, batch_size: int = 32, device=None) -> dict:
+    """Metrics of ``model`` on ``data`` at the data's cached size (eval mode, no augmentation)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    meter = SegmentationMeter()
+    for start in range(0, len(data), batch_size):
+        x = normalize(data.images[start : start + batch_size].to(device), preprocessing)
+        meter.update(predict_foreground(model(x)), data.masks[start : start + batch_size])
+    model.train(was_training)
+    return meter.compute()
+
+
+def _lr_factor(settings: TrainSettings, step: int, steps_per_epoch: int) -> float:
+    total = settings.epochs * steps_per_epoch
+    warmup = steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if settings.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if settings.schedule == "poly":
+        return (1 - progress) ** 0.9
+    return 1.0
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def fit(
+    model: torch.nn.Module,
+    train_data: SegmentationData,
+    val_data: SegmentationData,
+    settings: TrainSettings,
+    preprocessing: dict,
+    checkpoint: Optional[Path] = None,
+    resume: bool = False,
+    progress: bool = True,
+    extra_loss: Optional[Callable] = None,
+    on_epoch: Optional[Callable[[dict], None]] = None,
+) -> list[dict]:
+    """Train in place; return the per-epoch history (loss, validation metrics, seconds).
+
+    ``extra_loss(x, logits, masks)`` adds a term (distillation). ``on_epoch(row)`` sees each
+    epoch's row (the search uses it to stop a trial). With ``checkpoint``, state is saved
+    after every epoch, and ``resume`` continues from it.
+    """
+    from tqdm import tqdm
+
+    device = resolve_device(settings.device)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(train_data) / settings.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(settings, step, steps_per_epoch))
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("settings") != settings.model_dump():
+            raise UserError(f"{checkpoint}: was written with other training settings; resume with the same ones")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        start_epoch = len(history)
+
+    step = start_epoch * steps_per_epoch
+    epochs = tqdm(range(start_epoch, settings.epochs), desc="training", unit="epoch", disable=not progress, initial=start_epoch, total=settings.epochs)
+    for epoch in epochs:
+        generator = _epoch_generator(settings.seed, epoch)
+        order = torch.randperm(len(train_data), generator=generator)
+        encoder_only = epoch < settings.encoder_epochs
+        started, total_loss, batches = time.perf_counter(), 0.0, 0
+        for first in range(0, len(order), settings.batch_size):
+            if settings.max_steps is not None and step >= settings.max_steps:
+                break
+            index = order[first : first + settings.batch_size]
+            images, masks = train_data.images[index], train_data.masks[index]
+            if settings.augment:
+                images, masks = augment(images, masks, generator)
+            x = normalize(images.to(device), preprocessing)
+            masks = masks.to(device)
+            logits = model.forward_encoder(x) if encoder_only else model(x)
+            loss = segmentation_loss(logits, masks)
+            if extra_loss is not None and not encoder_only:
+                loss = loss + extra_loss(x, logits, masks)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item()
+            batches += 1
+            step += 1
+        if batches == 0:
+            break
+        metrics = evaluate(model, val_data, preprocessing, device=device)
+        row = {"epoch": epoch + 1, "loss": total_loss / batches, "seconds": time.perf_counter() - started, "stage": "encoder" if encoder_only else "full", **{f"val_{k}": v for k, v in metrics.items()}}
+        history.append(row)
+        epochs.set_postfix(loss=f"{row['loss']:.3f}", val_fg_iou=f"{100 * metrics['fg_iou']:.2f}")
+        if checkpoint is not None:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+                "settings": settings.model_dump(),
+            }
+            save_record(state, checkpoint)
+        if on_epoch is not None:
+            on_epoch(row)
+    return history
+
+
+def train_to_file(
+    config,
+    data_spec: str,
+    out_dir: Path,
+    settings: TrainSettings,
+    resume: bool = False,
+    progress: bool = True,
+    init_state: Optional[dict] = None,
+) -> dict:
+    """Load data, train ``config`` and write ``out_dir/model.pt``; return the record.
+
+    ``out_dir/checkpoint.pt`` holds the resumable state; ``out_dir/model.pt`` is written
+    (atomically) only when training ends.
+    """
+    out_dir = Path(out_dir)
+    checkpoint = out_dir / "checkpoint.pt"
+    if (out_dir / "model.pt").exists() and not checkpoint.exists():
+        raise UserError(f"{out_dir}: already holds a finished model.pt; choose another --out")
+    if checkpoint.exists() and not resume:
+        raise UserError(f"{out_dir}: holds an unfinished run; pass --resume to continue it or choose another --out")
+    preprocessing = get_preprocessing(settings.preprocessing)
+    resolve_device(settings.device)
+    train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
+    val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
+    torch.manual_seed(settings.seed)
+    model = build_model(config)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    started = time.perf_counter()
+    history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress)
+    record = make_record(
+        config,
+        model.cpu(),
+        preprocessing,
+        training=settings.model_dump(),
+        seed=settings.seed,
+        data={"spec": data_spec, "train": train_data.description, "val": val_data.description, "synthetic": train_data.synthetic},
+        metrics={k: v for k, v in (history[-1].items() if history else {}) if k.startswith("val_")} | {"val_size": settings.size},
+        history=history,
+        train_seconds=time.perf_counter() - started,
+    )
+    save_record(record, out_dir / "model.pt")
+    checkpoint.unlink(missing_ok=True)
+    return record

@@ -1,0 +1,58 @@
+"""Search spaces: pure functions from an Optuna trial to a network config.
+
+A space builds no module, reads no file and keeps no state, so ``FixedTrial(params)``
+replays any trial, and ``encode(space, config)`` gives the params that replay a config
+(how the published networks are enqueued as baseline trials).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+
+from lightseg_nas.config import C3NetConfig, SINetConfig
+from lightseg_nas.errors import UserError
+from search_spaces import extremec3, hybrid, sinet
+
+__all__ = ["SPACES", "get_space", "list_spaces", "encode", "sample", "space_presets"]
+
+# name -> (trial -> config, config -> params, published networks that are points of it)
+SPACES: dict[str, tuple[Callable, Callable, tuple[str, ...]]] = {
+    "extremec3": (extremec3.space, extremec3.encode, ("extremec3net",)),
+    "sinet": (sinet.space, sinet.encode, ("sinet",)),
+    "hybrid": (hybrid.space, hybrid.encode, ("sinet",)),
+}
+
+
+def list_spaces() -> list[str]:
+    return sorted(SPACES)
+
+
+def get_space(name: str) -> Callable[..., C3NetConfig | SINetConfig]:
+    if name not in SPACES:
+        raise UserError(f"unknown search space {name!r}; known spaces: {', '.join(list_spaces())}")
+    return SPACES[name][0]
+
+
+def encode(name: str, config: C3NetConfig | SINetConfig) -> dict:
+    """Params that make space ``name`` produce ``config`` (KeyError-free inverse)."""
+    get_space(name)
+    return SPACES[name][1](config)
+
+
+def space_presets(name: str) -> tuple[str, ...]:
+    get_space(name)
+    return SPACES[name][2]
+
+
+def sample(name: str, seed: int, num_classes: int | None = None) -> C3NetConfig | SINetConfig:
+    """One random config of a space, reproducible by seed (no study needed)."""
+    space = get_space(name)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return space(trial) if num_classes is None else space(trial, num_classes=num_classes)

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+OFFICIAL = SHARED / "reference" / "official"
+EG1800 = SHARED / "data" / "eg1800"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def official():
+    if not (OFFICIAL / "reference_io.npz").exists():
+        pytest.skip(f"released weights not found at {OFFICIAL} (../shared is absent on this machine)")
+    return OFFICIAL
+
+
+@pytest.fixture
+def eg1800():
+    if not (EG1800 / "eg1800_train.txt").exists():
+        pytest.skip(f"EG1800 not found at {EG1800} (../shared is absent on this machine)")
+    return EG1800
