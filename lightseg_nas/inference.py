@@ -63,7 +63,7 @@ def predict_images(model, preprocessing: dict, images: list[Path], out_dir: Path
     pictures = [(Path(p), _read_image(Path(p))) for p in images]  # all readable before writing anything
     written = []
     for path, picture in pictures:
-        x = torch.from_numpy(np.asarray(picture.resize((size, size), Image.BILINEAR))).permute(2, 0, 1)[None]
+        x = torch.from_numpy(np.array(picture.resize((size, size), Image.BILINEAR))).permute(2, 0, 1)[None]
         logits = model(normalize(x, preprocessing))
         logits = F.interpolate(logits, size=(picture.height, picture.width), mode="bilinear", align_corners=False)
         mask = predict_foreground(logits)[0].numpy()

@@ -1,0 +1,142 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import search_spaces
+from lightseg_nas.cli import app
+from lightseg_nas.config import to_json
+from lightseg_nas.data import load_split
+from lightseg_nas.data.transforms import get_preprocessing
+from lightseg_nas.metrics import SegmentationMeter
+from lightseg_nas.modelfile import load_model_file
+from lightseg_nas.models import build_model
+from lightseg_nas.train import fit, settings_from
+
+runner = CliRunner()
+
+
+def _tiny_config(num_classes=1):
+    # a small sample of the sinet space: fast at 64x64
+    return search_spaces.sample("sinet", 1, num_classes=num_classes)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return load_split("synthetic:count=24", "train", 64), load_split("synthetic:count=24", "val", 64)
+
+
+@pytest.mark.parametrize("num_classes", [1, 2])
+def test_training_lowers_the_loss(tiny_data, num_classes):
+    torch.manual_seed(0)
+    model = build_model(_tiny_config(num_classes))
+    settings = settings_from(epochs=6, batch_size=8, size=64, augment=False, lr=1e-2)
+    history = fit(model, *tiny_data, settings, get_preprocessing("default"), progress=False)
+    assert len(history) == 6
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+def test_resume_after_a_stop_gives_the_same_weights(tiny_data, tmp_path):
+    settings = settings_from(epochs=3, batch_size=8, size=64, lr=5e-3)
+    preprocessing = get_preprocessing("default")
+
+    torch.manual_seed(0)
+    straight = build_model(_tiny_config())
+    fit(straight, *tiny_data, settings, preprocessing, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise Stop
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.manual_seed(0)
+    interrupted = build_model(_tiny_config())
+    with pytest.raises(Stop):
+        fit(interrupted, *tiny_data, settings, preprocessing, checkpoint=checkpoint, progress=False, on_epoch=stop_after_two)
+    torch.manual_seed(123)  # a fresh process would not share the first run's RNG state
+    resumed = build_model(_tiny_config())
+    history = fit(resumed, *tiny_data, settings, preprocessing, checkpoint=checkpoint, resume=True, progress=False)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_encoder_first_stage_runs_for_both_families(tiny_data):
+    for config in (_tiny_config(2), search_spaces.sample("extremec3", 2, num_classes=2)):
+        model = build_model(config)
+        settings = settings_from(epochs=2, encoder_epochs=1, batch_size=12, size=64, max_steps=3)
+        history = fit(model, *tiny_data, settings, get_preprocessing("default"), progress=False)
+        assert [row["stage"] for row in history] == ["encoder", "full"]
+
+
+def test_train_cli_writes_a_self_contained_model_file(tmp_path):
+    config = tmp_path / "net.json"
+    config.write_text(to_json(_tiny_config()))
+    out = tmp_path / "run"
+    args = ["train", str(config), "--data", "synthetic:count=16", "--out", str(out), "--epochs", "2", "--size", "64", "--batch-size", "8", "--no-progress", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert 0 <= metrics["val_fg_iou"] <= 1 and metrics["synthetic"] is True
+    record = torch.load(out / "model.pt", weights_only=True)
+    assert record["training"]["seed"] == 0 and record["preprocessing"]["name"] == "default"
+    assert len(record["history"]) == 2 and not (out / "checkpoint.pt").exists()
+    model, _ = load_model_file(out / "model.pt")
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    # a finished run is not overwritten
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "already holds a finished model.pt" in again.stderr
+
+
+def test_cli_resume_continues_a_stopped_run(tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--preset", "sinet", "--data", "synthetic:count=8", "--out", str(out), "--size", "64", "--batch-size", "8", "--no-progress"]
+    # simulate a stop: a checkpoint after epoch 1 of a 2-epoch run
+    settings = settings_from(epochs=2, size=64, batch_size=8)
+    from lightseg_nas.presets import get_preset
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("sinet"))
+    data = load_split("synthetic:count=8", "train", 64), load_split("synthetic:count=8", "val", 64)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, *data, settings, get_preprocessing("default"), checkpoint=out / "checkpoint.pt", progress=False, on_epoch=stop)
+    refused = runner.invoke(app, [*base, "--epochs", "2"])
+    assert refused.exit_code == 2 and "--resume" in refused.stderr
+    resumed = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [row["epoch"] for row in torch.load(out / "model.pt", weights_only=True)["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--data", "imagenet"], "unknown dataset spec"),
+        (["--data", "eg1800:/nonexistent/eg1800"], "no such dataset folder"),
+        (["--size", "100"], "multiple of 32"),
+        (["--epochs", "0"], "--epochs"),
+        (["--encoder-epochs", "3", "--epochs", "2"], "must be fewer than"),
+    ],
+)
+def test_train_bad_input_exit_2_and_nothing_written(tmp_path, args, expected):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--preset", "sinet", "--out", str(out), "--no-progress", *args])
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_meter_perfect_and_empty_images():
+    meter = SegmentationMeter()
+    target = torch.zeros(2, 16, 16, dtype=torch.bool)
+    target[0, 4:12, 4:12] = True
+    meter.update(target.clone(), target)
+    metrics = meter.compute()
+    assert metrics["fg_iou"] == 1.0 and metrics["miou"] == 1.0 and metrics["boundary_f"] == 1.0
