@@ -206,6 +206,91 @@ def onnx(
     typer.echo(f"wrote {out}: max |onnxruntime - torch| = {difference:.2e} on a {size}x{size} input")
 
 
+StudyArgument = typer.Argument(Path("studies/quickstart.toml"), metavar="STUDY", help="A study file (TOML); see studies/.")
+StorageOption = typer.Option(None, "--storage", help="Optuna storage URL (default: a SQLite file beside the study file).")
+StudyNameOption = typer.Option(None, "--study-name", help="Study name in the storage (default: the study file's name).")
+
+
+def _report_folder(study_file, study_name: Optional[str]) -> Path:
+    return study_file.folder / f"{study_name or study_file.study.name}-report"
+
+
+@app.command()
+@user_errors
+def search(
+    study: Path = StudyArgument,
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Finished trials the study should hold (default: the study file's)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+    storage: Optional[str] = StorageOption,
+    study_name: Optional[str] = StudyNameOption,
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for this worker (default: torch's choice)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the report folder when the search stops."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+):
+    """Run (or continue) a multi-objective architecture search described by a study file.
+
+    Re-running the same command continues the same study; finished trials are kept.
+    """
+    import torch
+
+    from lightseg_nas.search import load_study_file, run_search, write_report
+
+    if n_trials is not None and n_trials < 1:
+        raise UserError(f"--n-trials must be at least 1, got {n_trials}")
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    study_file = load_study_file(study)
+    result = run_search(study_file, n_trials, timeout, storage, study_name, progress)
+    typer.echo(f"study {result.study_name!r}: {len(result.trials)} trials in {study_file.storage_url(storage)}")
+    if report:
+        folder = _report_folder(study_file, study_name)
+        write_report(result, folder)
+        typer.echo(f"report: {folder / 'summary.md'} (Pareto plots, hypervolume, trials.csv)")
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    study: Path = StudyArgument,
+    storage: Optional[str] = StorageOption,
+    study_name: Optional[str] = StudyNameOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: STUDY-NAME-report beside the study file)."),
+    png: bool = typer.Option(True, "--png/--no-png", help="Also write PNG images (needs kaleido and chromium)."),
+):
+    """Write Pareto fronts (HTML, PNG), hypervolume over trials, trials.csv and summary.md."""
+    from lightseg_nas.search import load_study_file, open_study, write_report
+
+    study_file = load_study_file(study)
+    result = open_study(study_file, storage, study_name, create=False)
+    folder = out or _report_folder(study_file, study_name)
+    write_report(result, folder, png=png)
+    typer.echo(f"report: {folder / 'summary.md'}")
+
+
+@app.command()
+@user_errors
+def export(
+    study: Path = StudyArgument,
+    trial: Optional[int] = typer.Option(None, "--trial", help="Export this trial's config."),
+    best_under_params: Optional[int] = typer.Option(None, "--best-under-params", help="The most accurate full-fidelity trial with at most N parameters."),
+    front: bool = typer.Option(False, "--front", help="Every trial on the full-fidelity Pareto front."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for ARCH_ID.json files (default: STUDY-NAME-export beside the study file)."),
+    storage: Optional[str] = StorageOption,
+    study_name: Optional[str] = StudyNameOption,
+):
+    """Write chosen architectures as config files that lightseg-nas train takes as they are."""
+    from lightseg_nas.search import choose_trials, export_trials, load_study_file, open_study
+
+    study_file = load_study_file(study)
+    result = open_study(study_file, storage, study_name, create=False)
+    numbers = choose_trials(result, trial, best_under_params, front)
+    folder = out or study_file.folder / f"{study_name or study_file.study.name}-export"
+    for number, path in zip(numbers, export_trials(result, numbers, folder)):
+        typer.echo(f"trial {number} -> {path}")
+
+
 def main() -> None:
     app()
 

@@ -116,6 +116,14 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def prepare_batch(data: SegmentationData, index: torch.Tensor, settings: TrainSettings, preprocessing: dict, generator: torch.Generator, device):
+    """The data pipeline of one training step: gather from the cache, augment, normalise."""
+    images, masks = data.images[index], data.masks[index]
+    if settings.augment:
+        images, masks = augment(images, masks, generator)
+    return normalize(images.to(device), preprocessing), masks.to(device)
+
+
 def fit(
     model: torch.nn.Module,
     train_data: SegmentationData,
@@ -163,12 +171,7 @@ def fit(
         for first in range(0, len(order), settings.batch_size):
             if settings.max_steps is not None and step >= settings.max_steps:
                 break
-            index = order[first : first + settings.batch_size]
-            images, masks = train_data.images[index], train_data.masks[index]
-            if settings.augment:
-                images, masks = augment(images, masks, generator)
-            x = normalize(images.to(device), preprocessing)
-            masks = masks.to(device)
+            x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, device)
             logits = model.forward_encoder(x) if encoder_only else model(x)
             loss = segmentation_loss(logits, masks)
             if extra_loss is not None and not encoder_only:

@@ -1,0 +1,52 @@
+"""Export chosen trials as config files that ``lightseg-nas train`` takes as they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from lightseg_nas.config import arch_id, config_from_dict, to_json
+from lightseg_nas.errors import UserError
+from lightseg_nas.modelfile import atomic_write_text
+from lightseg_nas.search.report import trials_dataframe
+
+
+def choose_trials(study: optuna.Study, trial: int | None = None, max_params: int | None = None, front: bool = False) -> list[int]:
+    """Exactly one rule: a trial number, the most accurate full-fidelity trial under a
+    parameter budget, or the whole full-fidelity front."""
+    if sum(x is not None and x is not False for x in (trial, max_params, front)) != 1:
+        raise UserError("give exactly one of --trial N, --best-under-params N, --front")
+    frame = trials_dataframe(study)
+    if frame.empty:
+        raise UserError(f"study {study.study_name!r} has no trials")
+    if trial is not None:
+        rows = frame[frame.number == trial]
+        if rows.empty:
+            raise UserError(f"study {study.study_name!r} has no trial {trial} (trials 0..{frame.number.max()})")
+        if rows.state.iloc[0] != TrialState.COMPLETE.name:
+            raise UserError(f"trial {trial} of study {study.study_name!r} did not finish ({rows.state.iloc[0].lower()}: {rows.reason.iloc[0] or 'no reason recorded'})")
+        return [trial]
+    eligible = frame[(frame.state == "COMPLETE") & frame.full_fidelity & frame.duplicate_of.isna()]
+    if front:
+        chosen = eligible[eligible.on_front]
+        if chosen.empty:
+            raise UserError(f"study {study.study_name!r} has no full-fidelity trial on its front yet")
+        return chosen.number.tolist()
+    under = eligible[eligible.params <= max_params]
+    if under.empty:
+        raise UserError(f"no full-fidelity trial of study {study.study_name!r} has at most {max_params} parameters")
+    return [int(under.sort_values("val_fg_iou", ascending=False).number.iloc[0])]
+
+
+def export_trials(study: optuna.Study, numbers: list[int], out: Path) -> list[Path]:
+    """Write each trial's recorded config as OUT/<arch_id>.json (checked against its id)."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    configs = []
+    for number in numbers:
+        config = config_from_dict(trials[number].user_attrs["config"], f"trial {number} (config)")
+        if arch_id(config) != trials[number].user_attrs.get("arch_id"):
+            raise UserError(f"trial {number}: the recorded config does not match its recorded arch id")
+        configs.append(config)
+    return [atomic_write_text(Path(out) / f"{arch_id(c)}.json", to_json(c)) for c in configs]

@@ -1,0 +1,227 @@
+"""Study -> DataFrame -> figures and tables. Plots are pure functions of the DataFrame;
+``write_report`` decides where files go. Everything is read from trial attributes: the
+space function is never re-run.
+
+The Pareto front is taken over complete, non-duplicate trials that reached the last rung
+(full fidelity): a candidate stopped early was scored with fewer epochs at a lower
+resolution, and its accuracy is not comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from optuna.trial import TrialState
+
+from lightseg_nas.modelfile import atomic_write, atomic_write_text
+from lightseg_nas.search.fidelity import non_dominated_ranks
+from lightseg_nas.search.proxies import PROXIES
+
+COST_COLUMNS = {"params": "params", "macs": "macs", "latency": "latency_ratio"}
+COST_LABELS = {"params": "parameters", "macs": "MACs (fvcore)", "latency": "latency ratio to the reference preset"}
+
+
+def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, objective values, costs, fidelity, flags, proxies."""
+    rows = []
+    last_rung = len(study.user_attrs.get("rungs", [None])) - 1
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        row = {
+            "number": trial.number,
+            "state": trial.state.name,
+            "arch_id": attrs.get("arch_id"),
+            "baseline": attrs.get("baseline"),
+            "val_fg_iou": trial.values[0] if trial.values else np.nan,
+            "params": attrs.get("params"),
+            "macs": attrs.get("macs"),
+            "latency_ratio": attrs.get("latency_ratio"),
+            "latency_ms": attrs.get("latency_ms"),
+            "fidelity": attrs.get("fidelity"),
+            "epochs": attrs.get("epochs"),
+            "full_fidelity": attrs.get("fidelity") == last_rung,
+            "duplicate_of": attrs.get("duplicate_of"),
+            "infeasible": bool(attrs.get("infeasible", False)),
+            "reason": attrs.get("reason"),
+            "train_seconds": attrs.get("train_seconds"),
+            "seed": attrs.get("seed"),
+            "code_version": attrs.get("code_version"),
+            "datetime_complete": trial.datetime_complete,
+        }
+        for name in PROXIES:
+            row[f"proxy_{name}"] = attrs.get(f"proxy_{name}")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    frame["on_front"] = False
+    objectives = study.user_attrs.get("objectives", ["val_fg_iou", "params"])[1:]
+    eligible = frame[(frame.state == "COMPLETE") & frame.full_fidelity & frame.duplicate_of.isna()]
+    if len(eligible):
+        losses = np.column_stack([-eligible.val_fg_iou.to_numpy(float)] + [eligible[COST_COLUMNS[o]].to_numpy(float) for o in objectives])
+        frame.loc[eligible.index[non_dominated_ranks(losses) == 0], "on_front"] = True
+    return frame
+
+
+def pareto_figure(frame: pd.DataFrame, cost: str, title: str = "") -> go.Figure:
+    """Validation fg IoU against one cost; front in colour, dominated faded, baselines marked."""
+    column = COST_COLUMNS[cost]
+    done = frame[(frame.state == "COMPLETE") & frame[column].notna()]
+    figure = go.Figure()
+    faded = done[~done.on_front & done.baseline.isna()]
+    figure.add_trace(
+        go.Scatter(
+            x=faded[column], y=100 * faded.val_fg_iou, mode="markers", name="dominated or lower fidelity",
+            marker=dict(color="lightgray", size=7), text=faded.number.map(lambda n: f"trial {n}"),
+        )
+    )
+    front = done[done.on_front & done.baseline.isna()].sort_values(column)
+    figure.add_trace(
+        go.Scatter(
+            x=front[column], y=100 * front.val_fg_iou, mode="markers+lines", name="Pareto front (full fidelity)",
+            marker=dict(color="#1f77b4", size=10), line=dict(dash="dot"), text=front.number.map(lambda n: f"trial {n}"),
+        )
+    )
+    for name, group in done[done.baseline.notna()].groupby("baseline"):
+        figure.add_trace(
+            go.Scatter(
+                x=group[column], y=100 * group.val_fg_iou, mode="markers+text", name=f"published: {name}",
+                marker=dict(symbol="star", size=16, color="#d62728"), text=[name] * len(group), textposition="top center",
+            )
+        )
+    figure.update_layout(
+        title=title or f"validation fg IoU against {COST_LABELS[cost]}",
+        xaxis_title=COST_LABELS[cost], yaxis_title="validation foreground IoU (%)", template="plotly_white",
+    )
+    if cost in ("params", "macs"):
+        figure.update_xaxes(type="log")
+    return figure
+
+
+def hypervolume_history(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
+    """Hypervolume of the full-fidelity front after each trial, in normalised objectives.
+
+    Accuracy is taken as 1 - fg IoU; each cost is divided by the largest value seen; the
+    reference point is 1.1 in every normalised objective.
+    """
+    from optuna._hypervolume import compute_hypervolume  # Optuna's own WFG implementation
+
+    done = frame[(frame.state == "COMPLETE") & frame.full_fidelity & frame.duplicate_of.isna()].sort_values("number")
+    columns = [COST_COLUMNS[o] for o in objectives[1:]]
+    scale = [float(done[c].max()) if len(done) else 1.0 for c in columns]
+    history, points = [], []
+    for number in frame.sort_values("number").number:
+        row = done[done.number == number]
+        if len(row):
+            points.append([1 - float(row.val_fg_iou.iloc[0])] + [float(row[c].iloc[0]) / s for c, s in zip(columns, scale)])
+        volume = compute_hypervolume(np.array(points), np.full(len(columns) + 1, 1.1)) if points else 0.0
+        history.append({"number": number, "hypervolume": volume})
+    return pd.DataFrame(history)
+
+
+def hypervolume_figure(history: pd.DataFrame) -> go.Figure:
+    figure = go.Figure(go.Scatter(x=history.number, y=history.hypervolume, mode="lines+markers"))
+    figure.update_layout(
+        title="hypervolume of the full-fidelity front over trials (normalised objectives)",
+        xaxis_title="trial", yaxis_title="hypervolume", template="plotly_white",
+    )
+    return figure
+
+
+def proxy_correlations(frame: pd.DataFrame) -> pd.DataFrame:
+    """Spearman correlation of each proxy with validation fg IoU on trained trials, per fidelity."""
+    trained = frame[(frame.state == "COMPLETE") & frame.duplicate_of.isna()]
+    rows = []
+    for name in PROXIES:
+        column = f"proxy_{name}"
+        for label, subset in (("full fidelity", trained[trained.full_fidelity]), ("all trained", trained)):
+            usable = subset[[column, "val_fg_iou"]].replace([np.inf, -np.inf], np.nan).dropna()
+            if len(usable) >= 3:
+                rows.append({"proxy": name, "trials": label, "n": len(usable), "spearman": round(float(usable[column].corr(usable.val_fg_iou, method="spearman")), 3)})
+    return pd.DataFrame(rows)
+
+
+def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFrame, png_note: str) -> str:
+    objectives = study.user_attrs.get("objectives", [])
+    counts = frame.state.value_counts().to_dict()
+    front = frame[frame.on_front].sort_values("params")
+    columns = ["number", "arch_id", "val_fg_iou", "params", "macs", "latency_ratio", "epochs", "baseline"]
+    table = front[[c for c in columns if c in front and front[c].notna().any()]].copy()
+    table["val_fg_iou"] = (100 * table.val_fg_iou).round(2)
+    baselines = frame[frame.baseline.notna()][[c for c in columns if c in frame and frame[c].notna().any()]].copy()
+    baselines["val_fg_iou"] = (100 * baselines.val_fg_iou).round(2)
+    lines = [
+        f"# Study `{study.study_name}`",
+        "",
+        f"Space `{study.user_attrs.get('space')}`, objectives: maximise {objectives[0] if objectives else 'val_fg_iou'}"
+        f" (validation foreground IoU per image, averaged), minimise {', '.join(objectives[1:])}.",
+        f"Trials: {len(frame)} ({', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))}); "
+        f"{int(frame.infeasible.sum())} over budget (not trained), {int(frame.duplicate_of.notna().sum())} duplicates (not trained again), "
+        f"{int((frame.state == 'COMPLETE').sum() - frame.full_fidelity.sum())} stopped at a lower rung.",
+        "",
+        "## Pareto front (complete, full-fidelity trials)",
+        "",
+        table.to_markdown(index=False) if len(table) else "(no full-fidelity trial yet)",
+        "",
+        "## Published networks (trained with this study's protocol)",
+        "",
+        baselines.to_markdown(index=False) if len(baselines) else "(none in this study)",
+        "",
+        "## Zero-cost proxies: Spearman correlation with validation fg IoU",
+        "",
+        correlations.to_markdown(index=False) if len(correlations) else "(no proxies computed, or fewer than 3 trained trials)",
+        "",
+        "## Files",
+        "",
+        "pareto_params / pareto_macs / pareto_latency (.html, .png), hypervolume (.html, .png), trials.csv.",
+    ]
+    if png_note:
+        lines += ["", png_note]
+    return "\n".join(lines) + "\n"
+
+
+def _png_available() -> str:
+    """Empty when kaleido can drive a browser; otherwise how to enable PNG export."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return "PNG export skipped: install kaleido (pip install 'lightseg-nas[png]') and a Chromium (apt-get install chromium)."
+    if not (shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")):
+        return "PNG export skipped: kaleido needs a Chromium browser (apt-get install chromium); the HTML files are complete."
+    return ""
+
+
+def write_report(study: optuna.Study, out: Path, png: bool = True) -> list[Path]:
+    """Write the report folder; return the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = trials_dataframe(study)
+    if frame.empty:
+        from lightseg_nas.errors import UserError
+
+        raise UserError(f"study {study.study_name!r} has no trials yet; run lightseg-nas search first")
+    objectives = study.user_attrs.get("objectives", ["val_fg_iou", "params"])
+    figures = {f"pareto_{cost}": pareto_figure(frame, cost) for cost in COST_COLUMNS if frame[COST_COLUMNS[cost]].notna().any()}
+    history = hypervolume_history(frame, objectives)
+    figures["hypervolume"] = hypervolume_figure(history)
+    png_note = _png_available() if png else "PNG export not asked for (--no-png)."
+    written = []
+    for name, figure in figures.items():
+        written.append(atomic_write(out / f"{name}.html", lambda p: p.write_text(figure.to_html(include_plotlyjs="cdn"))))
+        if not png_note:
+            try:
+                written.append(atomic_write(out / f"{name}.png", lambda p: p.write_bytes(figure.to_image(format="png", width=900, height=600))))
+            except Exception as error:  # a browser that fails to start: keep the HTML, say why
+                png_note = f"PNG export failed ({error.__class__.__name__}: {str(error)[:120]}); the HTML files are complete."
+    correlations = proxy_correlations(frame)
+    written.append(atomic_write(out / "trials.csv", lambda p: frame.to_csv(p, index=False)))
+    written.append(atomic_write(out / "hypervolume.csv", lambda p: history.to_csv(p, index=False)))
+    written.append(atomic_write_text(out / "summary.md", _summary(study, frame, correlations, png_note)))
+    written.append(atomic_write_text(out / "front.json", json.dumps(frame[frame.on_front].number.tolist()) + "\n"))
+    return written

@@ -1,0 +1,128 @@
+"""Create or continue a study in an Optuna storage and run trials until the target count.
+
+Scale-out is Optuna's: every worker (a process here, a machine elsewhere) opens the same
+study in the same storage; SQLite for one machine, PostgreSQL for many.
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+import search_spaces
+from lightseg_nas.errors import UserError
+from lightseg_nas.presets import get_preset
+from lightseg_nas.search.objective import FINISHED, Objective, constraints
+from lightseg_nas.search.study_file import StudyFile
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, n_startup_trials=8)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints, population_size=12)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints, n_startup_trials=8)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"unknown sampler {name!r}; known: gp, nsga2, random, tpe")
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    if url == "memory":
+        return optuna.storages.InMemoryStorage()
+    try:
+        # Heartbeats let a crashed worker's trial be detected as stale and retried.
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=30,
+            grace_period=120,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+        )
+    except Exception as error:  # sqlalchemy raises several types for a bad or unreachable URL
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else error.__class__.__name__
+        raise UserError(f"storage {url!r} cannot be opened: {first}") from None
+
+
+def open_study(study_file: StudyFile, storage: str | None = None, study_name: str | None = None, sampler_seed_offset: int = 0, create: bool = True) -> optuna.Study:
+    url = study_file.storage_url(storage)
+    name = study_name or study_file.study.name
+    directions = ["maximize"] + ["minimize"] * len(study_file.objectives.minimize)
+    backend = make_storage(url)
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(backend, include_best_trial=False)}
+    if name in existing:
+        if [d.name.lower() for d in existing[name].directions] != directions:
+            raise UserError(f"study {name!r} in {url} has other objectives; use another --study-name or storage")
+    elif not create:
+        raise UserError(f"no study {name!r} in {url}")
+    # Each (re)start draws new random numbers: a resumed study does not replay the
+    # random start-up points it already evaluated.
+    finished = 0
+    if name in existing:
+        finished = existing[name].n_trials
+    sampler = make_sampler(study_file.study.sampler, study_file.study.seed + 7919 * finished + sampler_seed_offset)
+    study = optuna.create_study(storage=backend, study_name=name, directions=directions, sampler=sampler, load_if_exists=True)
+    if name not in existing:
+        study.set_metric_names(study_file.objective_names)
+        study.set_user_attr("space", study_file.study.space)
+        study.set_user_attr("num_classes", study_file.study.num_classes)
+        study.set_user_attr("objectives", study_file.objective_names)
+        study.set_user_attr("study_file", str(study_file.path) if study_file.path else None)
+        study.set_user_attr("rungs", [r.model_dump() for r in study_file.fidelity.rungs])
+        _enqueue_baselines(study, study_file)
+    return study
+
+
+def _enqueue_baselines(study: optuna.Study, study_file: StudyFile) -> None:
+    space = study_file.study.space
+    names = search_spaces.space_presets(space) if study_file.baselines.presets == "auto" else study_file.baselines.presets
+    for name in names:
+        config = get_preset(name).model_copy(update={"num_classes": study_file.study.num_classes})
+        study.enqueue_trial(search_spaces.encode(space, config), user_attrs={"baseline": name})
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_search(
+    study_file: StudyFile,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    progress: bool = True,
+    worker: int = 0,
+) -> optuna.Study:
+    """Run trials until the study holds ``n_trials`` finished ones (or ``timeout`` seconds)."""
+    from tqdm import tqdm
+
+    target = n_trials or study_file.study.n_trials
+    timeout = timeout or study_file.study.timeout_s
+    study = open_study(study_file, storage, study_name, sampler_seed_offset=worker)
+    objective = Objective(study_file)
+    done = finished_count(study)
+    if done >= target:
+        return study
+    started = time.monotonic()
+    bar = tqdm(total=target, initial=done, desc=f"search {study.study_name}", unit="trial", disable=not progress)
+
+    def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        count = finished_count(study)
+        front = len(study.best_trials)
+        bar.n = min(count, target)
+        postfix = {"front": front, "last": trial.state.name.lower()}
+        if timeout:
+            postfix["left"] = f"{max(0, timeout - (time.monotonic() - started)):.0f}s"
+        bar.set_postfix(postfix)
+        bar.refresh()
+        if count >= target:
+            study.stop()
+
+    try:
+        study.optimize(objective, timeout=timeout, callbacks=[on_trial], catch=(Exception,), gc_after_trial=True)
+    finally:
+        bar.close()
+    return study
