@@ -292,6 +292,9 @@ def export(
 
 
 def main() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress bars report trials
     app()
 
 

@@ -15,7 +15,7 @@ from lightseg_nas.config import C3NetConfig, SINetConfig
 from lightseg_nas.errors import UserError
 from search_spaces import extremec3, hybrid, sinet
 
-__all__ = ["SPACES", "get_space", "list_spaces", "encode", "sample", "space_presets"]
+__all__ = ["SPACES", "get_space", "list_spaces", "encode", "sample", "space_presets", "smallest"]
 
 # name -> (trial -> config, config -> params, published networks that are points of it)
 SPACES: dict[str, tuple[Callable, Callable, tuple[str, ...]]] = {
@@ -56,3 +56,42 @@ def sample(name: str, seed: int, num_classes: int | None = None) -> C3NetConfig 
     finally:
         optuna.logging.set_verbosity(verbosity)
     return space(trial) if num_classes is None else space(trial, num_classes=num_classes)
+
+
+class _CheapestTrial:
+    """Answers every suggestion with the option that needs the fewest weights: narrowest,
+    shallowest, rate 1, kernel 3, no pooling, optional parts off. Branch counts and block
+    types are set by the caller (more branches can mean fewer weights)."""
+
+    def __init__(self, branches: str, block_type: str):
+        self.branches, self.block_type = branches, block_type
+        self.params: dict = {}
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        value = (high if self.branches == "max" else low) if name.endswith(".branches") else low
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name, choices):
+        if name.endswith(".branches"):
+            value = max(choices) if self.branches == "max" else min(choices)
+        elif name.endswith(".type"):
+            value = self.block_type
+        elif name.endswith("se_divide"):
+            value = max(choices)
+        elif all(isinstance(c, bool) for c in choices):
+            value = False
+        else:
+            value = min(choices)
+        self.params[name] = value
+        return value
+
+
+def smallest(name: str, num_classes: int):
+    """The space's network with the fewest parameters (a lower bound for budgets)."""
+    from lightseg_nas.cost import count_params
+    from lightseg_nas.models import build_model
+
+    space = get_space(name)
+    candidates = [space(_CheapestTrial(b, t), num_classes=num_classes) for b in ("max", "min") for t in ("c3", "s2")]
+    return min(candidates, key=lambda config: count_params(build_model(config)))

@@ -31,11 +31,6 @@ from lightseg_nas.train import TrainSettings, fit
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """For samplers' constraints_func: > 0 means over a hard budget."""
-    return trial.user_attrs.get("constraints", [0.0])
-
-
 class Objective:
     def __init__(self, study_file: StudyFile):
         self.study_file = study_file
@@ -71,8 +66,10 @@ class Objective:
     def _check_budgets(self, trial: optuna.Trial, costs: dict) -> None:
         budgets = self.study_file.budgets
         limits = {"params": budgets.max_params, "macs": budgets.max_macs, "latency": budgets.max_latency_ratio}
-        excess = [costs[name] - limit for name, limit in limits.items() if limit is not None and name in costs]
-        trial.set_user_attr("constraints", [float(v) for v in excess] or [0.0])
+        for name, limit in limits.items():
+            if limit is not None and name in costs:
+                # > 0 is infeasible; the samplers steer away from it (Optuna's constraint API)
+                trial.set_constraint(f"max_{name}", float(costs[name] - limit))
         over = [f"{name} {costs[name]:.4g} > {limit:g}" for name, limit in limits.items() if limit is not None and name in costs and costs[name] > limit]
         if over:
             for name, value in costs.items():

@@ -7,6 +7,8 @@ study in the same storage; SQLite for one machine, PostgreSQL for many.
 from __future__ import annotations
 
 import time
+from pathlib import Path
+import warnings
 
 import optuna
 from optuna.trial import TrialState
@@ -14,17 +16,17 @@ from optuna.trial import TrialState
 import search_spaces
 from lightseg_nas.errors import UserError
 from lightseg_nas.presets import get_preset
-from lightseg_nas.search.objective import FINISHED, Objective, constraints
+from lightseg_nas.search.objective import FINISHED, Objective
 from lightseg_nas.search.study_file import StudyFile
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, n_startup_trials=8)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints, population_size=12)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints, n_startup_trials=8)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise UserError(f"unknown sampler {name!r}; known: gp, nsga2, random, tpe")
@@ -34,12 +36,13 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     if url == "memory":
         return optuna.storages.InMemoryStorage()
     try:
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         # Heartbeats let a crashed worker's trial be detected as stale and retried.
         return optuna.storages.RDBStorage(
             url,
             heartbeat_interval=30,
             grace_period=120,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
         )
     except Exception as error:  # sqlalchemy raises several types for a bad or unreachable URL
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else error.__class__.__name__
@@ -50,6 +53,8 @@ def open_study(study_file: StudyFile, storage: str | None = None, study_name: st
     url = study_file.storage_url(storage)
     name = study_name or study_file.study.name
     directions = ["maximize"] + ["minimize"] * len(study_file.objectives.minimize)
+    if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        raise UserError(f"no study {name!r}: {url[len('sqlite:///'):]} does not exist (run lightseg-nas search first)")
     backend = make_storage(url)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(backend, include_best_trial=False)}
     if name in existing:
@@ -65,7 +70,9 @@ def open_study(study_file: StudyFile, storage: str | None = None, study_name: st
     sampler = make_sampler(study_file.study.sampler, study_file.study.seed + 7919 * finished + sampler_seed_offset)
     study = optuna.create_study(storage=backend, study_name=name, directions=directions, sampler=sampler, load_if_exists=True)
     if name not in existing:
-        study.set_metric_names(study_file.objective_names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(study_file.objective_names)
         study.set_user_attr("space", study_file.study.space)
         study.set_user_attr("num_classes", study_file.study.num_classes)
         study.set_user_attr("objectives", study_file.objective_names)
@@ -99,6 +106,7 @@ def run_search(
     """Run trials until the study holds ``n_trials`` finished ones (or ``timeout`` seconds)."""
     from tqdm import tqdm
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     target = n_trials or study_file.study.n_trials
     timeout = timeout or study_file.study.timeout_s
     study = open_study(study_file, storage, study_name, sampler_seed_offset=worker)

@@ -191,6 +191,7 @@ def load_study_file(path: str | Path) -> StudyFile:
     for rung in study.fidelity.rungs:
         if rung.size % 32:
             raise UserError(f"{path}: fidelity.rungs: size {rung.size} is not a multiple of 32")
+    _check_budgets_reachable(path, study)
     from lightseg_nas.data import parse_spec
 
     try:
@@ -198,3 +199,22 @@ def load_study_file(path: str | Path) -> StudyFile:
     except UserError as error:
         raise UserError(f"{path}: data.spec: {error}") from None
     return study
+
+
+def _check_budgets_reachable(path: Path, study: StudyFile) -> None:
+    """A budget that even the space's smallest network exceeds can never be met."""
+    import search_spaces
+    from lightseg_nas.cost import count_macs, count_params
+    from lightseg_nas.models import build_model
+
+    budgets = study.budgets
+    if budgets.max_params is None and budgets.max_macs is None:
+        return
+    model = build_model(search_spaces.smallest(study.study.space, study.study.num_classes))
+    params = count_params(model)
+    if budgets.max_params is not None and params > budgets.max_params:
+        raise UserError(f"{path}: budgets.max_params {budgets.max_params} is impossible: the smallest network of space {study.study.space!r} has {params} parameters")
+    if budgets.max_macs is not None:
+        macs = count_macs(model, study.cost.size, counters=["fvcore"])["fvcore"].macs
+        if macs > budgets.max_macs:
+            raise UserError(f"{path}: budgets.max_macs {budgets.max_macs:g} is impossible: the smallest network of space {study.study.space!r} needs {macs} MACs at {study.cost.size}px")
