@@ -54,23 +54,24 @@ class Objective:
         needs = set(sf.objectives.minimize) | {name for name, limit in (("macs", sf.budgets.max_macs), ("latency", sf.budgets.max_latency_ratio)) if limit}
         if "macs" in needs:
             costs["macs"] = count_macs(model, sf.cost.size, counters=["fvcore"])["fvcore"].macs
-        self._check_budgets(trial, costs)
+        self._check_budgets(trial, costs, ("params", "macs"))
         if "latency" in needs:
             reference = build_model(get_preset(sf.cost.reference).model_copy(update={"num_classes": sf.study.num_classes}))
             timing = measure_latency({"candidate": model, "reference": reference}, sf.cost.size, sf.cost.threads, warmup=2, repeats=sf.cost.repeats)
             costs["latency"] = timing["candidate"].median_ms / timing["reference"].median_ms
             trial.set_user_attr("latency_ms", timing["candidate"].median_ms)
-            self._check_budgets(trial, costs)
+            self._check_budgets(trial, costs, ("latency",))
         return costs
 
-    def _check_budgets(self, trial: optuna.Trial, costs: dict) -> None:
+    def _check_budgets(self, trial: optuna.Trial, costs: dict, names) -> None:
+        """Check the budgets of the costs in ``names`` (those just measured)."""
         budgets = self.study_file.budgets
         limits = {"params": budgets.max_params, "macs": budgets.max_macs, "latency": budgets.max_latency_ratio}
-        for name, limit in limits.items():
-            if limit is not None and name in costs:
-                # > 0 is infeasible; the samplers steer away from it (Optuna's constraint API)
-                trial.set_constraint(f"max_{name}", float(costs[name] - limit))
-        over = [f"{name} {costs[name]:.4g} > {limit:g}" for name, limit in limits.items() if limit is not None and name in costs and costs[name] > limit]
+        checked = {name: limit for name, limit in limits.items() if limit is not None and name in names}
+        for name, limit in checked.items():
+            # > 0 is infeasible; the samplers steer away from it (Optuna's constraint API)
+            trial.set_constraint(f"max_{name}", float(costs[name] - limit))
+        over = [f"{name} {costs[name]:.4g} > {limit:g}" for name, limit in checked.items() if costs[name] > limit]
         if over:
             for name, value in costs.items():
                 trial.set_user_attr(name if name != "latency" else "latency_ratio", value)
