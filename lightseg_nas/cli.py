@@ -224,6 +224,7 @@ def search(
     storage: Optional[str] = StorageOption,
     study_name: Optional[str] = StudyNameOption,
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for this worker (default: torch's choice)."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes on this machine sharing the study (needs --storage postgresql://...)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the report folder when the search stops."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ):
@@ -241,8 +242,19 @@ def search(
         if threads < 1:
             raise UserError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     study_file = load_study_file(study)
-    result = run_search(study_file, n_trials, timeout, storage, study_name, progress)
+    try:
+        if workers > 1:
+            from lightseg_nas.search.runner import run_workers
+
+            result = run_workers(study_file, workers, n_trials, timeout, storage, study_name, progress)
+        else:
+            result = run_search(study_file, n_trials, timeout, storage, study_name, progress)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the running trial is marked failed, the study is consistent; run the same command to continue", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"study {result.study_name!r}: {len(result.trials)} trials in {study_file.storage_url(storage)}")
     if report:
         folder = _report_folder(study_file, study_name)

@@ -27,3 +27,14 @@ def eg1800():
     if not (EG1800 / "eg1800_train.txt").exists():
         pytest.skip(f"EG1800 not found at {EG1800} (../shared is absent on this machine)")
     return EG1800
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    from tests.pgserver import available, throwaway_postgres
+
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    with throwaway_postgres() as url:
+        yield url

@@ -31,9 +31,14 @@ from lightseg_nas.train import TrainSettings, fit
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+class SurplusTrial(Exception):
+    """Raised when racing workers asked for more trials than the study's target."""
+
+
 class Objective:
-    def __init__(self, study_file: StudyFile):
+    def __init__(self, study_file: StudyFile, target: int | None = None):
         self.study_file = study_file
+        self.target = target
         self.space = search_spaces.get_space(study_file.study.space)
         self.spec = study_file.data_spec()
         self.preprocessing = get_preprocessing("default")
@@ -125,8 +130,20 @@ class Objective:
         return is_promoted(candidate, np.array(rows, dtype=float), self.study_file.fidelity.reduction_factor)
 
     # -- the trial ----------------------------------------------------------------------
+    def _check_surplus(self, trial: optuna.Trial) -> None:
+        """Trial numbers are handed out atomically by the storage: a trial goes ahead only if
+        fewer than ``target`` earlier trials are finished or still running, so racing
+        workers end with exactly ``target`` finished trials."""
+        if self.target is None:
+            return
+        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and t.state != TrialState.FAIL]
+        if len(earlier) >= self.target:
+            trial.set_user_attr("reason", f"surplus: {len(earlier)} earlier trials already meet the target of {self.target}")
+            raise SurplusTrial(trial.user_attrs["reason"])
+
     def __call__(self, trial: optuna.Trial) -> tuple:
         sf = self.study_file
+        self._check_surplus(trial)
         started = time.perf_counter()
         config = self.space(trial, num_classes=sf.study.num_classes)
         identity = arch_id(config)
@@ -172,7 +189,10 @@ class Objective:
                 last = index == len(sf.fidelity.rungs) - 1
                 if not last and sf.fidelity.enabled and not self._promoted(trial, index, accuracy, costs):
                     break
-        except Exception as error:
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", "interrupted (SIGINT) during training")
+            raise
+        except Exception as error:  # NaN loss, out of memory, a broken candidate: recorded, the study goes on
             trial.set_user_attr("reason", f"failed: {error.__class__.__name__}: {str(error)[:300]}")
             raise
         return (accuracy, *[costs[name] for name in sf.objectives.minimize])

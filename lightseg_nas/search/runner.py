@@ -6,6 +6,9 @@ study in the same storage; SQLite for one machine, PostgreSQL for many.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import fcntl
 import time
 from pathlib import Path
 import warnings
@@ -32,7 +35,7 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise UserError(f"unknown sampler {name!r}; known: gp, nsga2, random, tpe")
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
+def make_storage(url: str, heartbeat_s: int = 30, grace_s: int = 120) -> optuna.storages.BaseStorage:
     if url == "memory":
         return optuna.storages.InMemoryStorage()
     try:
@@ -40,8 +43,8 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         # Heartbeats let a crashed worker's trial be detected as stale and retried.
         return optuna.storages.RDBStorage(
             url,
-            heartbeat_interval=30,
-            grace_period=120,
+            heartbeat_interval=heartbeat_s,
+            grace_period=grace_s,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
         )
     except Exception as error:  # sqlalchemy raises several types for a bad or unreachable URL
@@ -55,7 +58,7 @@ def open_study(study_file: StudyFile, storage: str | None = None, study_name: st
     directions = ["maximize"] + ["minimize"] * len(study_file.objectives.minimize)
     if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         raise UserError(f"no study {name!r}: {url[len('sqlite:///'):]} does not exist (run lightseg-nas search first)")
-    backend = make_storage(url)
+    backend = make_storage(url, study_file.study.heartbeat_s, study_file.study.grace_s)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(backend, include_best_trial=False)}
     if name in existing:
         if [d.name.lower() for d in existing[name].directions] != directions:
@@ -90,8 +93,36 @@ def _enqueue_baselines(study: optuna.Study, study_file: StudyFile) -> None:
         study.enqueue_trial(search_spaces.encode(space, config), user_attrs={"baseline": name})
 
 
+@contextlib.contextmanager
+def sqlite_lock(url: str):
+    """One process at a time on a SQLite study: several writers on one SQLite file lock
+    each other out under load. Several workers share a study through PostgreSQL."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(url[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another search is running on {path}; SQLite serves one worker at a time: "
+                "for several workers use PostgreSQL (--storage postgresql://USER@HOST/DB)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def pending_count(study: optuna.Study) -> int:
+    """Trials finished or in progress: what a new trial would add to."""
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
 
 
 def run_search(
@@ -109,28 +140,109 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     target = n_trials or study_file.study.n_trials
     timeout = timeout or study_file.study.timeout_s
+    with sqlite_lock(study_file.storage_url(storage)):
+        return _run(study_file, target, timeout, storage, study_name, progress, worker)
+
+
+def _run(study_file, target, timeout, storage, study_name, progress, worker) -> optuna.Study:
+    from tqdm import tqdm
+
     study = open_study(study_file, storage, study_name, sampler_seed_offset=worker)
-    objective = Objective(study_file)
-    done = finished_count(study)
-    if done >= target:
-        return study
+    objective = Objective(study_file, target)
     started = time.monotonic()
-    bar = tqdm(total=target, initial=done, desc=f"search {study.study_name}", unit="trial", disable=not progress)
+    bar = tqdm(total=target, initial=finished_count(study), desc=f"search {study.study_name}", unit="trial", disable=not progress)
+
+    shared = study_file.storage_url(storage) != "memory"
+    failures = []
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        count = finished_count(study)
-        front = len(study.best_trials)
-        bar.n = min(count, target)
-        postfix = {"front": front, "last": trial.state.name.lower()}
+        if trial.state == TrialState.FAIL and not trial.user_attrs.get("reason", "").startswith("surplus"):
+            failures.append(trial.number)
+        bar.n = min(finished_count(study), target)
+        postfix = {"front": len(study.best_trials), "last": trial.state.name.lower()}
         if timeout:
             postfix["left"] = f"{max(0, timeout - (time.monotonic() - started)):.0f}s"
         bar.set_postfix(postfix)
         bar.refresh()
-        if count >= target:
-            study.stop()
 
     try:
-        study.optimize(objective, timeout=timeout, callbacks=[on_trial], catch=(Exception,), gc_after_trial=True)
+        # One trial per optimize() call: before each, the study is asked how many trials
+        # are finished or running, so workers stop at the target instead of overshooting.
+        while True:
+            if shared:
+                # a killed worker's trial: failed after its grace period, and re-queued
+                optuna.storages.fail_stale_trials(study)
+            if pending_count(study) >= target:
+                break
+            left = None if timeout is None else timeout - (time.monotonic() - started)
+            if left is not None and left <= 0:
+                break
+            study.optimize(objective, n_trials=1, timeout=left, callbacks=[on_trial], catch=(Exception,), gc_after_trial=True)
+            if len(failures) > max(10, target):
+                raise UserError(f"study {study.study_name!r}: {len(failures)} trials failed in this run; see their 'reason' in trials.csv")
     finally:
         bar.close()
+    return study
+
+
+def _worker(study_file: StudyFile, n_trials, timeout, storage, study_name, worker: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        run_search(study_file, n_trials, timeout, storage, study_name, progress=False, worker=worker)
+    except KeyboardInterrupt:
+        pass  # the running trial is already marked failed; the parent reports the stop
+
+
+def run_workers(
+    study_file: StudyFile,
+    workers: int,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    progress: bool = True,
+) -> optuna.Study:
+    """``workers`` processes on this machine, one study in a shared (PostgreSQL) storage.
+
+    Each process is an ordinary Optuna worker: it asks the storage for the next trial and
+    stops once the study holds the target count of finished trials."""
+    import multiprocessing
+    import os
+
+    from tqdm import tqdm
+
+    url = study_file.storage_url(storage)
+    if url.startswith("sqlite") or url == "memory":
+        raise UserError("--workers needs a storage that several processes can share: use --storage postgresql://USER@HOST/DB")
+    target = n_trials or study_file.study.n_trials
+    study = open_study(study_file, storage, study_name)  # created once, before the workers race to create it
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(study_file, target, timeout, storage, study_name, index, threads))
+        for index in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    bar = tqdm(total=target, initial=finished_count(study), desc=f"search {study.study_name} ({workers} workers)", unit="trial", disable=not progress)
+    try:
+        while any(p.is_alive() for p in processes):
+            time.sleep(1.0)
+            bar.n = min(finished_count(study), target)
+            bar.refresh()
+    except KeyboardInterrupt:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+        for process in processes:
+            process.join()
+        raise
+    finally:
+        bar.close()
+    failed = [p.exitcode for p in processes if p.exitcode]
+    if failed:
+        raise UserError(f"{len(failed)} of {workers} workers stopped with an error (exit codes {failed})")
     return study

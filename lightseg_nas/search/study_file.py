@@ -33,6 +33,10 @@ class StudySection(_Section):
     timeout_s: Optional[float] = Field(None, gt=0)
     # Optuna storage URL; default: a SQLite file named after the study file, beside it.
     storage: Optional[str] = None
+    # A worker's running trial sends a heartbeat this often; one silent for grace_s seconds
+    # (its worker was killed) is marked failed and retried by the next worker to start a trial.
+    heartbeat_s: int = Field(30, ge=1)
+    grace_s: int = Field(120, ge=2)
 
 
 class DataSection(_Section):

@@ -1,0 +1,158 @@
+"""Scale-out and crash safety with real processes and a real PostgreSQL server."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from lightseg_nas.search import load_study_file, run_search
+from tests.test_search import write_study
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+CLI = [sys.executable, "-m", "lightseg_nas.cli"]
+FAST_HEARTBEAT = "heartbeat_s = 1\ngrace_s = 4"
+
+
+def search_process(study, storage, name, n_trials, *extra):
+    args = [*CLI, "search", str(study), "--storage", storage, "--study-name", name, "--n-trials", str(n_trials), "--threads", "1", "--no-progress", "--no-report", *extra]
+    return subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def states(storage, name):
+    study = optuna.load_study(study_name=name, storage=storage)
+    return study, [t.state for t in study.trials]
+
+
+def wait_for(condition, timeout=120, step=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
+
+
+def running_trials(storage, name):
+    try:
+        return [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state == TrialState.RUNNING and "seed" in t.user_attrs]
+    except KeyError:
+        return []
+
+
+def test_four_workers_share_one_study_exactly(tmp_path, postgres_url):
+    study = write_study(tmp_path, fidelity="false")
+    result = subprocess.run(
+        [*CLI, "search", str(study), "--storage", postgres_url, "--study-name", "four", "--workers", "4", "--n-trials", "40", "--no-progress", "--no-report"],
+        env=ENV, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded, trial_states = states(postgres_url, "four")
+    finished = [t for t in loaded.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 40
+    numbers = [t.number for t in loaded.trials]
+    assert len(numbers) == len(set(numbers))
+    assert TrialState.RUNNING not in trial_states and TrialState.WAITING not in trial_states
+    for trial in loaded.trials:
+        if trial.state == TrialState.FAIL:
+            assert trial.user_attrs["reason"].startswith("surplus")  # a race lost, never a lost result
+        else:
+            assert trial.user_attrs["arch_id"] and (trial.state == TrialState.PRUNED or trial.values)
+
+
+def test_sigkilled_worker_is_detected_and_the_study_still_completes(tmp_path, postgres_url):
+    study = write_study(tmp_path, fidelity="false", study_extra=FAST_HEARTBEAT)
+    workers = [search_process(study, postgres_url, "kill", 10) for _ in range(3)]
+    assert wait_for(lambda: len(running_trials(postgres_url, "kill")) >= 3)
+    victim = workers[0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    for worker in workers[1:]:
+        assert worker.wait(timeout=600) == 0, worker.stderr.read()[-2000:]
+    # a later run picks up whatever the killed worker left (its stale trial is retried)
+    time.sleep(5)
+    rerun = subprocess.run([*CLI, "search", str(study), "--storage", postgres_url, "--study-name", "kill", "--n-trials", "10", "--threads", "1", "--no-progress", "--no-report"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    loaded, trial_states = states(postgres_url, "kill")
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in trial_states) == 10
+    assert TrialState.RUNNING not in trial_states
+    assert TrialState.FAIL in trial_states  # the killed worker's trial, failed as stale and retried
+
+
+def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path, postgres_url):
+    study = write_study(tmp_path, fidelity="false")
+    worker = search_process(study, postgres_url, "interrupt", 4)
+    assert wait_for(lambda: any("rung0_val_fg_iou" not in t.user_attrs for t in running_trials(postgres_url, "interrupt")))
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=120) == 130
+    assert "interrupted" in worker.stderr.read()
+    loaded, trial_states = states(postgres_url, "interrupt")
+    assert TrialState.RUNNING not in trial_states and TrialState.FAIL in trial_states
+    resumed = search_process(study, postgres_url, "interrupt", 4)
+    assert resumed.wait(timeout=600) == 0
+    _, trial_states = states(postgres_url, "interrupt")
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in trial_states) == 4
+
+
+def test_a_second_process_on_one_sqlite_file_is_refused(tmp_path):
+    study = write_study(tmp_path, fidelity="false")
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = search_process(study, storage, "tiny", 6)
+    assert wait_for(lambda: (tmp_path / "shared.db").exists() and running_trials(storage, "tiny"))
+    second = subprocess.run([*CLI, "search", str(study), "--storage", storage, "--study-name", "tiny", "--no-progress"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and "use PostgreSQL" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert first.wait(timeout=600) == 0
+    _, trial_states = states(storage, "tiny")
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in trial_states) == 6
+
+
+def test_workers_refuse_sqlite(tmp_path):
+    study = write_study(tmp_path)
+    result = subprocess.run([*CLI, "search", str(study), "--workers", "2"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "postgresql://" in result.stderr
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    common = ["--preset", "sinet", "--data", "synthetic:count=24", "--size", "64", "--batch-size", "8", "--epochs", "3", "--no-progress"]
+    straight = subprocess.run([*CLI, "train", *common, "--out", str(tmp_path / "straight")], env=ENV, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = subprocess.Popen([*CLI, "train", *common, "--out", str(tmp_path / "killed")], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert wait_for(lambda: (tmp_path / "killed" / "checkpoint.pt").exists(), timeout=300, step=0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    resumed = subprocess.run([*CLI, "train", *common, "--out", str(tmp_path / "killed"), "--resume"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_trial_that_goes_wrong_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    import lightseg_nas.search.objective as objective
+
+    real_fit = objective.fit
+    calls = []
+
+    def flaky_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        if len(calls) == 3:
+            raise FloatingPointError("loss became nan at epoch 0, step 0")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "fit", flaky_fit)
+    study = run_search(load_study_file(write_study(tmp_path, fidelity="false")), n_trials=3, storage="memory", progress=False)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["reason"] for t in failed] == [
+        "failed: RuntimeError: CUDA out of memory (simulated)",
+        "failed: FloatingPointError: loss became nan at epoch 0, step 0",
+    ]
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 3
