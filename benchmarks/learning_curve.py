@@ -60,7 +60,7 @@ def main() -> None:
                 "val_fg_iou_224px": round(100 * metrics["fg_iou"], 2),
                 "val_miou_224px": round(100 * metrics["miou"], 2),
                 "val_boundary_f_224px": round(100 * metrics["boundary_f"], 2),
-                "train_minutes": round(record["train_seconds"] / 60, 1),
+                "train_minutes": round(sum(row["seconds"] for row in record["history"]) / 60, 1),
             }
         )
         print(finals[-1], flush=True)

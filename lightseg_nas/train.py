@@ -233,7 +233,6 @@ def train_to_file(
     model = build_model(config)
     if init_state is not None:
         model.load_state_dict(init_state)
-    started = time.perf_counter()
     history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress)
     record = make_record(
         config,
@@ -244,7 +243,8 @@ def train_to_file(
         data={"spec": data_spec, "train": train_data.description, "val": val_data.description, "synthetic": train_data.synthetic},
         metrics={k: v for k, v in (history[-1].items() if history else {}) if k.startswith("val_")} | {"val_size": settings.size},
         history=history,
-        train_seconds=time.perf_counter() - started,
+        # summed over epochs, so a run resumed after a stop still reports all of its time
+        train_seconds=sum(row["seconds"] for row in history),
     )
     save_record(record, out_dir / "model.pt")
     checkpoint.unlink(missing_ok=True)
