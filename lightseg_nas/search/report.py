@@ -81,7 +81,7 @@ def pareto_figure(frame: pd.DataFrame, cost: str, title: str = "") -> go.Figure:
             marker=dict(color="lightgray", size=7), text=faded.number.map(lambda n: f"trial {n}"),
         )
     )
-    front = done[done.on_front & done.baseline.isna()].sort_values(column)
+    front = done[done.on_front].sort_values(column)  # published networks on the front belong to the line too
     figure.add_trace(
         go.Scatter(
             x=front[column], y=100 * front.val_fg_iou, mode="markers+lines", name="Pareto front (full fidelity)",
