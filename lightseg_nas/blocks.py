@@ -22,6 +22,18 @@ def upsample(scale: int) -> nn.Module:
     return nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=True)
 
 
+class ImagePool(nn.AvgPool2d):
+    """Average-pooling of the input image for ExtremeC3Net's image injection.
+
+    A type of its own so that tools that trace channels (Torch-Pruning's DepGraph) can be
+    told it always carries the image's 3 channels: nothing upstream of it says so."""
+
+    channels = 3
+
+    def __init__(self):
+        super().__init__(2, 2)
+
+
 class BNPReLU(nn.Module):
     """BR: BatchNorm then a per-channel PReLU."""
 

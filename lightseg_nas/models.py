@@ -10,6 +10,7 @@ from lightseg_nas.blocks import (
     BN_EPS_C3_BRANCH,
     BNPReLU,
     ConvBNPReLU,
+    ImagePool,
     SEDown,
     make_block,
     upsample,
@@ -45,7 +46,9 @@ class C3Net(nn.Module):
         super().__init__()
         self.config = config
         c0 = config.stem_width
-        self.pool = nn.AvgPool2d(2, 2)
+        # two pooling modules, not one called twice: a module used twice confuses tracers (DepGraph)
+        self.pool_half = ImagePool()
+        self.pool_quarter = ImagePool()
         self.stem = ConvBNPReLU(3, c0, 3, 2)
         self.stem_norm = BNPReLU(c0 + 3)
         stages = []
@@ -71,8 +74,8 @@ class C3Net(nn.Module):
         self.head_conv = nn.Conv2d(c3, config.num_classes, 1, bias=False)
 
     def _coarse(self, x: torch.Tensor) -> torch.Tensor:
-        image_half = self.pool(x)
-        image_quarter = self.pool(image_half)
+        image_half = self.pool_half(x)
+        image_quarter = self.pool_quarter(image_half)
         y = self.stem_norm(torch.cat([self.stem(x), image_half], 1))
         entry, last = self.stages[0].run(y)
         y = self.stages[0].norm(torch.cat([last, entry, image_quarter], 1))
