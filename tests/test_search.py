@@ -227,3 +227,11 @@ def test_unreachable_storage_and_bad_exports_leave_the_study_unharmed(tmp_path):
     assert [(t.number, t.state, t.values) for t in optuna.load_study(study_name="tiny", storage=storage).trials] == before
     missing = runner.invoke(app, ["report", str(path), "--study-name", "other"])
     assert missing.exit_code == 2 and "no study 'other'" in missing.stderr
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
+def test_every_sampler_runs_a_constrained_multi_objective_study(tmp_path, sampler):
+    path = write_study(tmp_path, fidelity="false", budgets="max_params = 60000", study_extra=f'sampler = "{sampler}"')
+    study = run_search(load_study_file(path), n_trials=3, storage="memory", progress=False)
+    assert len(finished(study)) == 3
+    assert type(study.sampler).__name__.lower().startswith({"tpe": "tpe", "nsga2": "nsgaii", "gp": "gp", "random": "random"}[sampler])

@@ -133,23 +133,27 @@ def run_search(
     study_name: str | None = None,
     progress: bool = True,
     worker: int = 0,
+    cpu_budget_s: float | None = None,
 ) -> optuna.Study:
-    """Run trials until the study holds ``n_trials`` finished ones (or ``timeout`` seconds)."""
+    """Run trials until the study holds ``n_trials`` finished ones, or ``timeout`` seconds of
+    wall time, or ``cpu_budget_s`` seconds of this process's CPU time have passed (the
+    fair budget for comparing search settings on a shared machine)."""
     from tqdm import tqdm
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     target = n_trials or study_file.study.n_trials
     timeout = timeout or study_file.study.timeout_s
     with sqlite_lock(study_file.storage_url(storage)):
-        return _run(study_file, target, timeout, storage, study_name, progress, worker)
+        return _run(study_file, target, timeout, storage, study_name, progress, worker, cpu_budget_s)
 
 
-def _run(study_file, target, timeout, storage, study_name, progress, worker) -> optuna.Study:
+def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu_budget_s=None) -> optuna.Study:
     from tqdm import tqdm
 
     study = open_study(study_file, storage, study_name, sampler_seed_offset=worker)
     objective = Objective(study_file, target)
     started = time.monotonic()
+    cpu_started = time.process_time()
     bar = tqdm(total=target, initial=finished_count(study), desc=f"search {study.study_name}", unit="trial", disable=not progress)
 
     shared = study_file.storage_url(storage) != "memory"
@@ -176,6 +180,8 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker) -> 
                 break
             left = None if timeout is None else timeout - (time.monotonic() - started)
             if left is not None and left <= 0:
+                break
+            if cpu_budget_s is not None and time.process_time() - cpu_started >= cpu_budget_s:
                 break
             study.optimize(objective, n_trials=1, timeout=left, callbacks=[on_trial], catch=(Exception,), gc_after_trial=True)
             if len(failures) > max(10, target):
