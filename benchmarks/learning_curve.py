@@ -72,7 +72,9 @@ def main() -> None:
         f"# Learning curves: published networks from scratch on EG1800\n\n"
         f"Protocol: train split minus a 10% validation split (seed {settings.val_seed}), {args.epochs} epochs at "
         f"{args.size}x{args.size}, batch {args.batch_size}, Adam lr {args.lr:g} cosine, default preprocessing, "
-        f"augmentation on, seed {args.seed}, torch {torch.__version__} on the CPU ({torch.get_num_threads()} threads).\n"
+        f"augmentation on, seed {args.seed}, torch {torch.__version__} on the CPU.\n"
+        f"train_minutes is the sum of the epochs' wall times on a 2-core machine shared with other jobs "
+        f"(and resumed once with a different thread count): indicative only.\n"
         f"fg IoU = per-image foreground IoU averaged over the validation images (the papers' \"mIoU\").\n\n"
         + table.to_markdown(index=False)
         + "\n\nPer-epoch validation fg IoU (at the training size):\n\n"

@@ -244,6 +244,9 @@ def search(
         torch.set_num_threads(threads)
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    from lightseg_nas.search.runner import install_stop_handlers
+
+    install_stop_handlers()
     study_file = load_study_file(study)
     try:
         if workers > 1:

@@ -19,9 +19,11 @@ CLI = [sys.executable, "-m", "lightseg_nas.cli"]
 FAST_HEARTBEAT = "heartbeat_s = 1\ngrace_s = 4"
 
 
-def search_process(study, storage, name, n_trials, *extra):
+def search_process(study, storage, name, n_trials, *extra, background=False):
     args = [*CLI, "search", str(study), "--storage", storage, "--study-name", name, "--n-trials", str(n_trials), "--threads", "1", "--no-progress", "--no-report", *extra]
-    return subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a job started in the background of a non-interactive shell inherits SIGINT as ignored
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
+    return subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
 
 
 def states(storage, name):
@@ -41,7 +43,7 @@ def wait_for(condition, timeout=120, step=0.2):
 def running_trials(storage, name):
     try:
         return [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state == TrialState.RUNNING and "seed" in t.user_attrs]
-    except KeyError:
+    except Exception:  # the study (or, in SQLite, its tables) is still being created by the worker
         return []
 
 
@@ -84,18 +86,20 @@ def test_sigkilled_worker_is_detected_and_the_study_still_completes(tmp_path, po
     assert TrialState.FAIL in trial_states  # the killed worker's trial, failed as stale and retried
 
 
-def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path, postgres_url):
+@pytest.mark.parametrize("stop,background", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, True)])
+def test_sigint_or_sigterm_stops_cleanly_and_the_same_command_resumes(tmp_path, postgres_url, stop, background):
     study = write_study(tmp_path, fidelity="false")
-    worker = search_process(study, postgres_url, "interrupt", 4)
-    assert wait_for(lambda: any("rung0_val_fg_iou" not in t.user_attrs for t in running_trials(postgres_url, "interrupt")))
-    worker.send_signal(signal.SIGINT)
+    name = f"interrupt-{stop.name}-{background}"
+    worker = search_process(study, postgres_url, name, 4, background=background)
+    assert wait_for(lambda: any("rung0_val_fg_iou" not in t.user_attrs for t in running_trials(postgres_url, name)))
+    worker.send_signal(stop)
     assert worker.wait(timeout=120) == 130
     assert "interrupted" in worker.stderr.read()
-    loaded, trial_states = states(postgres_url, "interrupt")
+    loaded, trial_states = states(postgres_url, name)
     assert TrialState.RUNNING not in trial_states and TrialState.FAIL in trial_states
-    resumed = search_process(study, postgres_url, "interrupt", 4)
+    resumed = search_process(study, postgres_url, name, 4)
     assert resumed.wait(timeout=600) == 0
-    _, trial_states = states(postgres_url, "interrupt")
+    _, trial_states = states(postgres_url, name)
     assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in trial_states) == 4
 
 

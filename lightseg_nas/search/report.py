@@ -147,7 +147,7 @@ def proxy_correlations(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFrame, png_note: str) -> str:
+def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFrame, png_note: str, figures: list[str]) -> str:
     objectives = study.user_attrs.get("objectives", [])
     counts = frame.state.value_counts().to_dict()
     front = frame[frame.on_front].sort_values("params")
@@ -156,6 +156,7 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFram
     table["val_fg_iou"] = (100 * table.val_fg_iou).round(2)
     baselines = frame[frame.baseline.notna()][[c for c in columns if c in frame and frame[c].notna().any()]].copy()
     baselines["val_fg_iou"] = (100 * baselines.val_fg_iou).round(2)
+    table["baseline"] = table.baseline.fillna("") if "baseline" in table else ""
     lines = [
         f"# Study `{study.study_name}`",
         "",
@@ -179,7 +180,7 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFram
         "",
         "## Files",
         "",
-        "pareto_params / pareto_macs / pareto_latency (.html, .png), hypervolume (.html, .png), trials.csv.",
+        ", ".join(figures) + " (.html" + ("" if png_note else ", .png") + "), trials.csv, hypervolume.csv, front.json.",
     ]
     if png_note:
         lines += ["", png_note]
@@ -222,6 +223,6 @@ def write_report(study: optuna.Study, out: Path, png: bool = True) -> list[Path]
     correlations = proxy_correlations(frame)
     written.append(atomic_write(out / "trials.csv", lambda p: frame.to_csv(p, index=False)))
     written.append(atomic_write(out / "hypervolume.csv", lambda p: history.to_csv(p, index=False)))
-    written.append(atomic_write_text(out / "summary.md", _summary(study, frame, correlations, png_note)))
+    written.append(atomic_write_text(out / "summary.md", _summary(study, frame, correlations, png_note, list(figures))))
     written.append(atomic_write_text(out / "front.json", json.dumps(frame[frame.on_front].number.tolist()) + "\n"))
     return written

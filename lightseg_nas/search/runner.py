@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import fcntl
+import threading
 import time
 from pathlib import Path
 import warnings
@@ -21,6 +22,23 @@ from lightseg_nas.errors import UserError
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search.objective import FINISHED, Objective
 from lightseg_nas.search.study_file import StudyFile
+
+
+# Set by a SIGINT/SIGTERM handler: the search stops after the trial in progress even if the
+# signal landed inside a storage call whose driver turned it into an ordinary exception.
+STOP = threading.Event()
+
+
+def install_stop_handlers() -> None:
+    """Ctrl-C and SIGTERM (what schedulers send) both stop a search cleanly, also in a
+    process started in the background, where SIGINT is ignored unless set again."""
+
+    def interrupt(signum, frame):
+        STOP.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -150,6 +168,7 @@ def run_search(
 def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu_budget_s=None) -> optuna.Study:
     from tqdm import tqdm
 
+    STOP.clear()
     study = open_study(study_file, storage, study_name, sampler_seed_offset=worker)
     objective = Objective(study_file, target)
     started = time.monotonic()
@@ -184,6 +203,8 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu
             if cpu_budget_s is not None and time.process_time() - cpu_started >= cpu_budget_s:
                 break
             study.optimize(objective, n_trials=1, timeout=left, callbacks=[on_trial], catch=(Exception,), gc_after_trial=True)
+            if STOP.is_set():
+                raise KeyboardInterrupt
             if len(failures) > max(10, target):
                 raise UserError(f"study {study.study_name!r}: {len(failures)} trials failed in this run; see their 'reason' in trials.csv")
     finally:
@@ -196,6 +217,7 @@ def _worker(study_file: StudyFile, n_trials, timeout, storage, study_name, worke
 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    install_stop_handlers()
     try:
         run_search(study_file, n_trials, timeout, storage, study_name, progress=False, worker=worker)
     except KeyboardInterrupt:
