@@ -89,3 +89,20 @@ def test_tampered_weights_are_refused(model_file, tmp_path):
     torch.save(record, tampered)
     result = runner.invoke(app, ["predict", str(tampered), str(model_file), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "weights do not match" in result.stderr
+
+
+def test_a_write_that_dies_halfway_leaves_the_old_file_and_no_debris(model_file):
+    from lightseg_nas.modelfile import atomic_write
+
+    before = model_file.read_bytes()
+
+    def dies_halfway(path):
+        path.write_bytes(before[: len(before) // 2])
+        raise OSError("disk vanished")
+
+    with pytest.raises(OSError):
+        atomic_write(model_file, dies_halfway)
+    assert model_file.read_bytes() == before
+    assert [p.name for p in model_file.parent.iterdir()] == [model_file.name]
+    atomic_write(model_file, lambda path: path.write_bytes(b"new"))
+    assert model_file.read_bytes() == b"new" and oct(model_file.stat().st_mode & 0o777) != oct(0o600)
