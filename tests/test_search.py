@@ -235,3 +235,13 @@ def test_every_sampler_runs_a_constrained_multi_objective_study(tmp_path, sample
     study = run_search(load_study_file(path), n_trials=3, storage="memory", progress=False)
     assert len(finished(study)) == 3
     assert type(study.sampler).__name__.lower().startswith({"tpe": "tpe", "nsga2": "nsgaii", "gp": "gp", "random": "random"}[sampler])
+
+
+def test_exporting_a_trial_that_never_finished_is_refused(tmp_path):
+    path = write_study(tmp_path, fidelity="false", budgets="max_params = 60000")
+    assert runner.invoke(app, ["search", str(path), "--n-trials", "2", "--no-progress", "--no-report"]).exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
+    pruned = next(t.number for t in study.trials if t.state == TrialState.PRUNED)  # the over-budget SINet
+    result = runner.invoke(app, ["export", str(path), "--trial", str(pruned), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "did not finish (pruned: over budget" in result.stderr
+    assert not (tmp_path / "out").exists()
