@@ -81,13 +81,22 @@ def pareto_figure(frame: pd.DataFrame, cost: str, title: str = "") -> go.Figure:
             marker=dict(color="lightgray", size=7), text=faded.number.map(lambda n: f"trial {n}"),
         )
     )
-    front = done[done.on_front].sort_values(column)  # published networks on the front belong to the line too
+    front = done[done.on_front]
     figure.add_trace(
         go.Scatter(
-            x=front[column], y=100 * front.val_fg_iou, mode="markers+lines", name="Pareto front (full fidelity)",
-            marker=dict(color="#1f77b4", size=10), line=dict(dash="dot"), text=front.number.map(lambda n: f"trial {n}"),
+            x=front[column], y=100 * front.val_fg_iou, mode="markers", name="Pareto front, all objectives (full fidelity)",
+            marker=dict(color="#1f77b4", size=10), text=front.number.map(lambda n: f"trial {n}"),
         )
     )
+    # The front of this panel's two objectives alone, as a line (the all-objective front
+    # zigzags when drawn against a single cost).
+    eligible = done[done.full_fidelity & done.duplicate_of.isna()]
+    if len(eligible):
+        ranks = non_dominated_ranks(np.column_stack([-eligible.val_fg_iou.to_numpy(float), eligible[column].to_numpy(float)]))
+        line = eligible[ranks == 0].sort_values(column)
+        figure.add_trace(
+            go.Scatter(x=line[column], y=100 * line.val_fg_iou, mode="lines", name=f"front of fg IoU and {cost}", line=dict(dash="dot", color="#1f77b4"))
+        )
     for name, group in done[done.baseline.notna()].groupby("baseline"):
         figure.add_trace(
             go.Scatter(
