@@ -25,7 +25,7 @@ from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search.fidelity import is_promoted
 from lightseg_nas.search.proxies import compute_proxies
-from lightseg_nas.search.study_file import StudyFile
+from lightseg_nas.search.study_file import COST_ATTRS, StudyFile
 from lightseg_nas.train import TrainSettings, fit
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -56,15 +56,18 @@ class Objective:
     def _costs(self, trial: optuna.Trial, model: torch.nn.Module) -> dict:
         sf = self.study_file
         costs = {"params": count_params(model)}
+        trial.set_user_attr("params", costs["params"])
         needs = set(sf.objectives.minimize) | {name for name, limit in (("macs", sf.budgets.max_macs), ("latency", sf.budgets.max_latency_ratio)) if limit}
         if "macs" in needs:
             costs["macs"] = count_macs(model, sf.cost.size, counters=["fvcore"])["fvcore"].macs
+            trial.set_user_attr("macs", costs["macs"])
         self._check_budgets(trial, costs, ("params", "macs"))
         if "latency" in needs:
             reference = build_model(get_preset(sf.cost.reference).model_copy(update={"num_classes": sf.study.num_classes}))
             timing = measure_latency({"candidate": model, "reference": reference}, sf.cost.size, sf.cost.threads, warmup=2, repeats=sf.cost.repeats)
             costs["latency"] = timing["candidate"].median_ms / timing["reference"].median_ms
             trial.set_user_attr("latency_ms", timing["candidate"].median_ms)
+            trial.set_user_attr(COST_ATTRS["latency"], costs["latency"])
             self._check_budgets(trial, costs, ("latency",))
         return costs
 
@@ -78,8 +81,6 @@ class Objective:
             trial.set_constraint(f"max_{name}", float(costs[name] - limit))
         over = [f"{name} {costs[name]:.4g} > {limit:g}" for name, limit in checked.items() if costs[name] > limit]
         if over:
-            for name, value in costs.items():
-                trial.set_user_attr(name if name != "latency" else "latency_ratio", value)
             trial.set_user_attr("infeasible", True)
             trial.set_user_attr("reason", "over budget: " + ", ".join(over))
             raise optuna.TrialPruned("over budget: " + ", ".join(over))
@@ -126,7 +127,7 @@ class Objective:
                 rows.append([-accuracy, *[costs[n] for n in names]])
             elif key in other.user_attrs and other.user_attrs.get("duplicate_of") is None:
                 attrs = other.user_attrs
-                rows.append([-attrs[key], *[attrs["latency_ratio" if n == "latency" else n] for n in names]])
+                rows.append([-attrs[key], *[attrs[COST_ATTRS[n]] for n in names]])
         return is_promoted(candidate, np.array(rows, dtype=float), self.study_file.fidelity.reduction_factor)
 
     # -- the trial ----------------------------------------------------------------------
@@ -152,8 +153,6 @@ class Objective:
         torch.manual_seed(sf.study.seed)
         model = build_model(config)
         costs = self._costs(trial, model)
-        for name, value in costs.items():
-            trial.set_user_attr(name if name != "latency" else "latency_ratio", value)
 
         twin = self._trained_twin(trial, identity)
         if twin is not None:
@@ -190,7 +189,7 @@ class Objective:
                 if not last and sf.fidelity.enabled and not self._promoted(trial, index, accuracy, costs):
                     break
         except KeyboardInterrupt:
-            trial.set_user_attr("reason", "interrupted (SIGINT) during training")
+            trial.set_user_attr("reason", "interrupted (SIGINT or SIGTERM) during training")
             raise
         except Exception as error:  # NaN loss, out of memory, a broken candidate: recorded, the study goes on
             trial.set_user_attr("reason", f"failed: {error.__class__.__name__}: {str(error)[:300]}")

@@ -22,8 +22,8 @@ from optuna.trial import TrialState
 from lightseg_nas.modelfile import atomic_write, atomic_write_text
 from lightseg_nas.search.fidelity import non_dominated_ranks
 from lightseg_nas.search.proxies import PROXIES
+from lightseg_nas.search.study_file import COST_ATTRS as COST_COLUMNS  # objective -> trials.csv column
 
-COST_COLUMNS = {"params": "params", "macs": "macs", "latency": "latency_ratio"}
 COST_LABELS = {"params": "parameters", "macs": "MACs (fvcore)", "latency": "latency ratio to the reference preset"}
 
 

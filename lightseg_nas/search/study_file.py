@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lightseg_nas.errors import UserError
 
-COST_OBJECTIVES = ("params", "macs", "latency")
+# Cost objective -> the trial attribute that holds it (latency is kept as a ratio).
+COST_ATTRS = {"params": "params", "macs": "macs", "latency": "latency_ratio"}
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
 
