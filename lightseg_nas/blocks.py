@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightseg_nas.config import C3Block, S2Block
+from lightseg_nas.config import C3Block, S2Block, block_widths
 
 # The released code uses eps=1e-3 for BatchNorm in BR/CBR units and in S2 branches, and
 # PyTorch's default 1e-5 inside C3 branches and in ExtremeC3Net's coarse decoder path.
@@ -32,6 +32,14 @@ class ImagePool(nn.AvgPool2d):
 
     def __init__(self):
         super().__init__(2, 2)
+
+
+class GroupedConv2d(nn.Conv2d):
+    """The S2 module's grouped 1x1 reduce conv, as a type of its own.
+
+    With as many groups as outputs it looks depthwise to tools that only compare counts
+    (Torch-Pruning then ties its inputs to its outputs); its inputs and outputs are separate
+    channel dimensions."""
 
 
 class BNPReLU(nn.Module):
@@ -96,15 +104,12 @@ class C3Module(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, block: C3Block, stride: int = 1, add: bool = False):
         super().__init__()
-        groups = block.num_branches
-        reduced = out_channels // groups
-        remainder = out_channels - groups * reduced
+        reduced, branch_widths = block_widths(block, out_channels)
         # The stride-2 variant reduces with a 3x3 conv; the others with a 1x1.
         kernel = 3 if stride == 2 else 1
         self.reduce = nn.Conv2d(in_channels, reduced, kernel, stride, (kernel - 1) // 2, bias=False)
         self.branches = nn.ModuleList(
-            C3Branch(reduced, reduced + (remainder if index == 0 else 0), rate)
-            for index, rate in enumerate(block.dilation_rates)
+            C3Branch(reduced, width, rate) for width, rate in zip(branch_widths, block.dilation_rates)
         )
         self.add = add
         self.norm = BNPReLU(out_channels)
@@ -149,13 +154,12 @@ class S2Module(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, block: S2Block, add: bool = False):
         super().__init__()
         groups = block.num_branches
-        reduced = out_channels // groups
-        remainder = out_channels - groups * reduced
+        reduced, branch_widths = block_widths(block, out_channels)
         self.groups = groups
-        self.reduce = nn.Conv2d(in_channels, reduced, 1, groups=groups, bias=False)
+        self.reduce = GroupedConv2d(in_channels, reduced, 1, groups=groups, bias=False)
         self.branches = nn.ModuleList(
-            S2Branch(reduced, reduced + (remainder if index == 0 else 0), branch.kernel_size, branch.pool_size)
-            for index, branch in enumerate(block.branches)
+            S2Branch(reduced, width, branch.kernel_size, branch.pool_size)
+            for width, branch in zip(branch_widths, block.branches)
         )
         self.add = add
         self.norm = BNPReLU(out_channels)
@@ -181,10 +185,10 @@ def make_block(block: C3Block | S2Block, in_channels: int, out_channels: int, st
 class SqueezeExcite(nn.Module):
     """SINet's squeeze-excite: global average, FC(+PReLU) layers, scale the map (no sigmoid)."""
 
-    def __init__(self, channels: int, divide: int):
+    def __init__(self, channels: int, divide: int, hidden: int | None = None):
         super().__init__()
         if divide > 1:
-            hidden = channels // divide
+            hidden = hidden if hidden is not None else channels // divide
             layers = [nn.Linear(channels, hidden), nn.PReLU(hidden), nn.Linear(hidden, channels), nn.PReLU(channels)]
         else:
             layers = [nn.Linear(channels, channels), nn.PReLU(channels)]
@@ -198,10 +202,10 @@ class SqueezeExcite(nn.Module):
 class SEDown(nn.Module):
     """SE separable down-sampler: depthwise 3x3 stride 2, squeeze-excite, pointwise, BN, PReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, divide: int):
+    def __init__(self, in_channels: int, out_channels: int, divide: int, se_hidden: int | None = None):
         super().__init__()
         self.depthwise = nn.Conv2d(in_channels, in_channels, 3, 2, 1, groups=in_channels, bias=False)
-        self.se = SqueezeExcite(in_channels, divide)
+        self.se = SqueezeExcite(in_channels, divide, se_hidden)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS)
         self.act = nn.PReLU(out_channels)

@@ -39,6 +39,7 @@ __all__ = [
     "C3NetConfig",
     "SINetConfig",
     "NetworkConfig",
+    "block_widths",
     "config_from_dict",
     "config_from_json",
     "load_config",
@@ -51,12 +52,36 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
 
+_Width = Annotated[int, Field(ge=1, le=1024)]
+# Optional fields are left out of the JSON when absent, so configs written before they
+# existed keep their text and their arch_id.
+def _optional():
+    return Field(None, exclude_if=lambda value: value is None)
+
+
+def block_widths(block: "C3Block | S2Block", out_channels: int) -> tuple[int, tuple[int, ...]]:
+    """(reduced channels, per-branch output channels) of a block of this output width.
+
+    Derived: reduced = width // branches, every branch outputs that, the first branch also
+    the remainder. A pruned block states either or both explicitly."""
+    groups = block.num_branches
+    derived = out_channels // groups
+    reduced = block.reduced_width if block.reduced_width is not None else derived
+    if block.branch_widths is not None:
+        return reduced, tuple(block.branch_widths)
+    remainder = out_channels - groups * derived
+    return reduced, tuple(derived + (remainder if index == 0 else 0) for index in range(groups))
+
+
 class C3Block(_Frozen):
     """Advanced concentrated-comprehensive convolution module (ExtremeC3Net)."""
 
     type: Literal["c3"] = "c3"
     # One dilation rate per branch; the number of rates is the branch count.
     dilation_rates: tuple[Annotated[int, Field(ge=1, le=16)], ...] = Field(min_length=1, max_length=8)
+    # Channel overrides that pruning produces (absent = derived from the block's width).
+    reduced_width: _Width | None = _optional()
+    branch_widths: tuple[_Width, ...] | None = _optional()
 
     @property
     def num_branches(self) -> int:
@@ -83,6 +108,9 @@ class S2Block(_Frozen):
 
     type: Literal["s2"] = "s2"
     branches: tuple[S2Branch, ...] = Field(min_length=1, max_length=8)
+    # Channel overrides that pruning produces (absent = derived from the block's width).
+    reduced_width: _Width | None = _optional()
+    branch_widths: tuple[_Width, ...] | None = _optional()
 
     @property
     def num_branches(self) -> int:
@@ -108,6 +136,8 @@ class SINetStage(_Frozen):
     down_width: Annotated[int, Field(ge=1, le=1024)]
     # Squeeze-excite reduction of the down-sampler (hidden = channels // se_divide).
     se_divide: Annotated[int, Field(ge=1, le=16)]
+    # Hidden units of that squeeze-excite when pruning left them apart from the derived count.
+    se_hidden: _Width | None = _optional()
     # Output channels of every block of the stage.
     width: Annotated[int, Field(ge=1, le=1024)]
     # blocks[0] is the entry block (down_width -> width, no residual); the rest add their input.
@@ -117,9 +147,13 @@ class SINetStage(_Frozen):
 def _check_block(block: C3Block | S2Block, in_channels: int, out_channels: int, where: str) -> None:
     """Raise ValueError if a block cannot be built between these channel counts."""
     groups = block.num_branches
-    per_branch = out_channels // groups
-    if per_branch < 1:
+    if out_channels // groups < 1:
         raise ValueError(f"{where}: width {out_channels} is too small for {groups} branches")
+    reduced, branch_widths = block_widths(block, out_channels)
+    if len(branch_widths) != groups:
+        raise ValueError(f"{where}: {len(branch_widths)} branch_widths for {groups} branches")
+    if sum(branch_widths) != out_channels:
+        raise ValueError(f"{where}: branch_widths sum to {sum(branch_widths)}, not the width {out_channels}")
     if isinstance(block, S2Block):
         # The reduce conv is grouped (groups = branch count) and is followed by a channel
         # shuffle with the same groups: both counts must divide.
@@ -128,10 +162,10 @@ def _check_block(block: C3Block | S2Block, in_channels: int, out_channels: int, 
                 f"{where}: {groups} branches do not divide the {in_channels} input channels "
                 "of the grouped reduce conv"
             )
-        if per_branch % groups:
+        if reduced % groups:
             raise ValueError(
-                f"{where}: {groups} branches do not divide the {per_branch} reduced channels "
-                f"(width {out_channels} // {groups}) of the grouped conv and channel shuffle"
+                f"{where}: {groups} branches do not divide the {reduced} reduced channels "
+                f"of the grouped conv and channel shuffle"
             )
         for index, branch in enumerate(block.branches):
             if branch.pool_size > 1 and branch.kernel_size > 7:
@@ -188,7 +222,7 @@ class SINetConfig(_Frozen):
     def _check(self) -> "SINetConfig":
         down_in = self.stem_width
         for stage_index, stage in enumerate(self.stages):
-            if down_in // stage.se_divide < 1:
+            if stage.se_hidden is None and down_in // stage.se_divide < 1:
                 raise ValueError(f"stages.{stage_index}.se_divide {stage.se_divide} exceeds its {down_in} channels")
             for block_index, block in enumerate(stage.blocks):
                 where = f"stages.{stage_index}.blocks.{block_index}"

@@ -105,7 +105,7 @@ class SINet(nn.Module):
         downs, stages = [], []
         in_channels = config.stem_width
         for stage in config.stages:
-            downs.append(SEDown(in_channels, stage.down_width, stage.se_divide))
+            downs.append(SEDown(in_channels, stage.down_width, stage.se_divide, stage.se_hidden))
             blocks = [
                 make_block(block, stage.down_width if i == 0 else stage.width, stage.width)
                 for i, block in enumerate(stage.blocks)

@@ -1,0 +1,357 @@
+"""Structured channel pruning of our networks, with Torch-Pruning's DepGraph as the engine.
+
+Out of the box, Torch-Pruning's automatic groups go wrong on both published networks (see
+ARCHITECTURES.md): the pooled input image has no layer upstream to say it carries 3
+channels, and a residual stage whose blocks concatenate branches of different widths, some
+read by grouped convolutions, splits into per-slice groups whose indices leave the grouped
+convs uneven. Here the network names its own *axes* instead: every channel dimension that
+can shrink (the stem, each stage's width, each down-sampler, each C3 block's reduced width,
+each squeeze-excite's hidden units), by one module whose output spans it whole (the first
+block's BatchNorm for a residual stage). For each axis DepGraph builds the coupled group from
+that root, Torch-Pruning's importance scores it, and we pick indices under two structural
+rules DepGraph does not know:
+
+* ``multiple``: where grouped convs read the axis, the same relative positions go from every
+  one of ``multiple`` equal chunks, so each conv group loses the same input columns (what
+  Torch-Pruning's grouped-conv pruning function assumes);
+* ``guards``: each branch of each block keeps at least one channel, each axis at least two.
+
+Classes are never pruned (classifier convs are no axis); the grouped reduce conv of S2
+blocks keeps its width (its output passes through a channel shuffle). The pruned network is
+read back as a config of the same schema (``config_of``), so ``build_model(config_of(m))``
+with ``m.state_dict()`` is the pruned network.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from lightseg_nas.blocks import C3Module, GroupedConv2d, ImagePool, S2Module
+from lightseg_nas.config import C3Block, C3NetConfig, S2Block, SINetConfig, block_widths
+from lightseg_nas.cost import count_macs, count_params
+from lightseg_nas.errors import UserError
+from lightseg_nas.models import C3Net, SINet
+
+__all__ = ["Axis", "axes_of", "config_of", "plan", "apply_plan", "prune_to", "prune_ratio", "smallest", "example_input"]
+
+
+class _ImagePoolPruner(tp.pruner.BasePruningFunc):
+    """The pooled image always has its 3 channels: say so, and never prune them."""
+
+    TARGET_MODULES = ImagePool
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.channels
+
+    get_in_channels = get_out_channels
+
+
+class _GroupedConvPruner(tp.pruner.function.ConvPruner):
+    """An ordinary conv pruner (inputs and outputs apart) even when groups == outputs."""
+
+    TARGET_MODULES = GroupedConv2d
+
+
+_CUSTOM = {ImagePool: _ImagePoolPruner(), GroupedConv2d: _GroupedConvPruner()}
+_ROOT_FN = {
+    nn.Conv2d: tp.prune_conv_out_channels,
+    nn.BatchNorm2d: tp.prune_batchnorm_out_channels,
+    nn.Linear: tp.prune_linear_out_channels,
+}
+
+
+@dataclass
+class Axis:
+    """One prunable channel dimension, named by a root module whose output spans it."""
+
+    name: str
+    root: str
+    multiple: int = 1
+    # (start, stop) slices of the root's channels that must each keep one channel.
+    guards: list[tuple[int, int]] = field(default_factory=list)
+
+
+def example_input(size: int = 64) -> torch.Tensor:
+    # requires_grad: the pooled image then enters the traced graph (no layer precedes it).
+    return torch.randn(1, 3, size, size, requires_grad=True)
+
+
+def _graph(model: nn.Module) -> tp.DependencyGraph:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():  # DepGraph traces through autograd
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input(), customized_pruners=_CUSTOM)
+    finally:
+        model.train(was_training)
+
+
+def _branch_slices(block: nn.Module) -> list[tuple[int, int]]:
+    widths = [_branch_out(branch) for branch in block.branches]
+    edges = [0, *itertools.accumulate(widths)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _branch_out(branch: nn.Module) -> int:
+    return branch.pointwise.out_channels if hasattr(branch, "pointwise") else branch.layers[-1].out_channels
+
+
+def _s2_groups(blocks) -> int:
+    groups = [block.groups for block in blocks if isinstance(block, S2Module)]
+    return math.lcm(*groups) if groups else 1
+
+
+def _block_axes(prefix: str, block: nn.Module) -> list[Axis]:
+    if isinstance(block, C3Module):
+        return [Axis(f"{prefix}.reduced", f"{prefix}.reduce")]
+    return []  # an S2 reduce output passes a channel shuffle: it keeps its width
+
+
+def _stage_axes(prefix: str, stage: nn.Module, root: str | None = None) -> list[Axis]:
+    """The stage width (all blocks share it through the residual adds) and reduced widths.
+
+    ``root``: a module upstream whose output is the stage's residual stream too (an entry
+    block that adds its input ties the stage's input channels to its width)."""
+    blocks = list(stage.blocks)
+    guards = [slice_ for block in blocks for slice_ in _branch_slices(block)]
+    readers = blocks if root is not None else blocks[1:]
+    axes = [Axis(f"{prefix}.width", root or f"{prefix}.blocks.0.norm.bn", _s2_groups(readers), guards)]
+    for index, block in enumerate(blocks):
+        axes += _block_axes(f"{prefix}.blocks.{index}", block)
+    return axes
+
+
+def axes_of(model: nn.Module) -> list[Axis]:
+    """Every prunable axis of a network built by ``build_model``."""
+    if isinstance(model, C3Net):
+        axes = [Axis("stem", "stem.conv")]
+        if model.stages[1].blocks[0].add:
+            # Stage 2's width equals stage 1's concatenation [last, entry, image] and adds it:
+            # the two widths are one dimension, image channels included. Both stay.
+            for index, stage in enumerate(model.stages):
+                for block_index, block in enumerate(stage.blocks):
+                    axes += _block_axes(f"stages.{index}.blocks.{block_index}", block)
+        else:
+            for index, stage in enumerate(model.stages):
+                axes += _stage_axes(f"stages.{index}", stage)
+        fine = [model.fine_block] if model.config.fine_block is not None else []
+        guards = [slice_ for block in fine for slice_ in _branch_slices(block)]
+        axes.append(Axis("decoder", "coarse.0", _s2_groups(fine), guards))
+        for block in fine:
+            axes += _block_axes("fine_block", block)
+        return axes
+    if isinstance(model, SINet):
+        axes = [Axis("stem", "stem.conv")]
+        for index, (down, stage) in enumerate(zip(model.downs, model.stages)):
+            if len(down.se.layers) == 4:
+                axes.append(Axis(f"downs.{index}.se.hidden", f"downs.{index}.se.layers.0"))
+            if stage.blocks[0].add:  # down_width == width: one dimension
+                axes += _stage_axes(f"stages.{index}", stage, root=f"downs.{index}.pointwise")
+            else:
+                axes.append(Axis(f"downs.{index}.width", f"downs.{index}.pointwise", _s2_groups(stage.blocks[:1])))
+                axes += _stage_axes(f"stages.{index}", stage)
+        return axes
+    raise TypeError(f"not a network of ours: {type(model).__name__}")
+
+
+def _root_fn(module: nn.Module):
+    for kind, fn in _ROOT_FN.items():
+        if isinstance(module, kind):
+            return fn
+    raise TypeError(f"no pruning function for {type(module).__name__}")
+
+
+def _importance(model: nn.Module, axes: list[Axis]) -> dict[str, torch.Tensor]:
+    """Torch-Pruning's group magnitude importance of every channel of every axis."""
+    graph = _graph(model)
+    scorer = tp.importance.GroupMagnitudeImportance(p=2)
+    scores = {}
+    for axis in axes:
+        root = model.get_submodule(axis.root)
+        fn = _root_fn(root)
+        channels = graph.get_out_channels(root)
+        group = graph.get_pruning_group(root, fn, list(range(channels)))
+        scores[axis.name] = scorer(group).detach().float()
+    return scores
+
+
+def _select(axis: Axis, score: torch.Tensor, keep_fraction: float) -> list[int]:
+    """Indices to prune: whole positions of the axis's equal chunks, guards respected."""
+    channels = score.numel()
+    chunk = channels // axis.multiple
+    position_score = score.view(axis.multiple, chunk).sum(0)
+    order = torch.argsort(position_score, descending=True, stable=True).tolist()
+    # At least two channels: Torch-Pruning reads a one-parameter PReLU as shared, not per channel.
+    least = min(chunk, max(1, math.ceil(2 / axis.multiple)))
+    keep = set(order[: max(least, round(chunk * keep_fraction))])
+
+    def kept(position):
+        return [c * chunk + position for c in range(axis.multiple)]
+
+    for start, stop in axis.guards:
+        if not any(start <= index < stop for position in keep for index in kept(position)):
+            best = next(p for p in order if any(start <= i < stop for i in kept(p)))
+            keep.add(best)
+    return sorted(index for position in range(chunk) if position not in keep for index in kept(position))
+
+
+def _apply(model: nn.Module, plan: dict[str, list[int]], axes: list[Axis]) -> None:
+    for axis in axes:
+        idxs = plan[axis.name]
+        if not idxs:
+            continue
+        # A fresh graph per axis: concatenation offsets change as earlier axes shrink.
+        graph = _graph(model)
+        root = model.get_submodule(axis.root)
+        graph.get_pruning_group(root, _root_fn(root), idxs).prune()
+
+
+def plan(model: nn.Module, keep_fraction: float, scores: dict | None = None) -> dict[str, list[int]]:
+    """Channels to prune on each axis to keep about ``keep_fraction`` of every axis."""
+    axes = axes_of(model)
+    scores = scores if scores is not None else _importance(model, axes)
+    pruning = {axis.name: _select(axis, scores[axis.name], keep_fraction) for axis in axes}
+    # Whether a block adds its input follows from its widths: an entry block whose input and
+    # output widths pruning made equal would add its input once rebuilt. Keep one more
+    # position of one of the two axes instead.
+    by_name = {axis.name: axis for axis in axes}
+    for left, right, tie in _untied_pairs(model):
+        if left not in pruning or right not in pruning:
+            continue
+        kept = {name: scores[name].numel() - len(pruning[name]) for name in (left, right)}
+        if tie(kept[left]) == kept[right]:
+            name = right if pruning[right] else left
+            pruning[name] = _unprune_one(by_name[name], pruning[name], scores[name])
+    return pruning
+
+
+def _untied_pairs(model: nn.Module):
+    """(input axis, stage axis, input width -> entry block input) for entries that do not add."""
+    if isinstance(model, SINet):
+        return [
+            (f"downs.{i}.width", f"stages.{i}.width", lambda width: width)
+            for i, stage in enumerate(model.stages)
+            if not stage.blocks[0].add
+        ]
+    if isinstance(model, C3Net) and not model.stages[1].blocks[0].add:
+        return [("stages.0.width", "stages.1.width", lambda width: 2 * width + 3)]
+    return []
+
+
+def _unprune_one(axis: Axis, idxs: list[int], score: torch.Tensor) -> list[int]:
+    chunk = score.numel() // axis.multiple
+    position_score = score.view(axis.multiple, chunk).sum(0)
+    positions = sorted({index % chunk for index in idxs}, key=lambda p: -float(position_score[p]))
+    if not positions:
+        return idxs
+    return [index for index in idxs if index % chunk != positions[0]]
+
+
+def apply_plan(model: nn.Module, pruning: dict[str, list[int]]) -> nn.Module:
+    """Prune a copy of ``model`` as planned; its ``config`` is the config that rebuilds it."""
+    pruned = copy.deepcopy(model)
+    _apply(pruned, pruning, axes_of(model))
+    pruned.config = config_of(pruned)
+    return pruned
+
+
+def prune_ratio(model: nn.Module, keep_fraction: float, scores: dict | None = None) -> nn.Module:
+    """A pruned copy keeping about ``keep_fraction`` of every axis (never fewer than the rules need)."""
+    return apply_plan(model, plan(model, keep_fraction, scores))
+
+
+def _cost(model: nn.Module, metric: str, size: int) -> int:
+    if metric == "params":
+        return count_params(model)
+    return count_macs(model, size, counters=("conv_only",))["conv_only"].macs
+
+
+def smallest(model: nn.Module, metric: str = "params", size: int = 224) -> int:
+    """Cost of the network pruned as far as the rules allow: the floor of any target."""
+    return _cost(prune_ratio(model, 0.0), metric, size)
+
+
+def prune_to(model: nn.Module, target: int, metric: str = "params", size: int = 224, tolerance: float = 0.002) -> nn.Module:
+    """The largest uniform pruning whose ``metric`` is at or under ``target`` (bisection)."""
+    axes = axes_of(model)
+    scores = _importance(model, axes)
+    low, high = 0.0, 1.0  # keep fractions: low meets the target, high does not
+    best = prune_ratio(model, low, scores)
+    if _cost(best, metric, size) > target:
+        raise UserError(f"target {target:,} {metric} is below what this network's fixed parts need")
+    while high - low > tolerance:
+        middle = (low + high) / 2
+        candidate = prune_ratio(model, middle, scores)
+        if _cost(candidate, metric, size) <= target:
+            low, best = middle, candidate
+        else:
+            high = middle
+    return best
+
+
+def _block_config(block_module: nn.Module, block: C3Block | S2Block, width: int) -> C3Block | S2Block:
+    reduced = block_module.reduce.out_channels
+    widths = tuple(_branch_out(branch) for branch in block_module.branches)
+    plain = block.model_copy(update={"reduced_width": None, "branch_widths": None})
+    derived_reduced, derived_widths = block_widths(plain, width)
+    return block.model_copy(
+        update={
+            "reduced_width": None if reduced == derived_reduced else reduced,
+            "branch_widths": None if widths == derived_widths else widths,
+        }
+    )
+
+
+def _stage_blocks(stage_module: nn.Module, blocks, width: int) -> tuple:
+    return tuple(_block_config(m, b, width) for m, b in zip(stage_module.blocks, blocks))
+
+
+def config_of(model: nn.Module) -> C3NetConfig | SINetConfig:
+    """The config that builds this (possibly pruned) network, read from its layer shapes."""
+    config = model.config
+    if isinstance(model, C3Net):
+        stages = []
+        for stage_module, stage in zip(model.stages, config.stages):
+            width = stage_module.blocks[0].norm.bn.num_features
+            stages.append(stage.model_copy(update={"width": width, "blocks": _stage_blocks(stage_module, stage.blocks, width)}))
+        decoder = model.coarse[0].out_channels
+        fine = _block_config(model.fine_block, config.fine_block, decoder) if config.fine_block is not None else None
+        data = config.model_copy(
+            update={"stem_width": model.stem.conv.out_channels, "stages": tuple(stages), "decoder_width": decoder, "fine_block": fine}
+        )
+    elif isinstance(model, SINet):
+        stages = []
+        in_channels = model.stem.conv.out_channels
+        for down, stage_module, stage in zip(model.downs, model.stages, config.stages):
+            width = stage_module.blocks[0].norm.bn.num_features
+            hidden = down.se.layers[0].out_features if len(down.se.layers) == 4 else None
+            if hidden is not None and hidden == in_channels // stage.se_divide:
+                hidden = None
+            stages.append(
+                stage.model_copy(
+                    update={
+                        "down_width": down.pointwise.out_channels,
+                        "se_hidden": hidden,
+                        "width": width,
+                        "blocks": _stage_blocks(stage_module, stage.blocks, width),
+                    }
+                )
+            )
+            in_channels = down.pointwise.out_channels + width
+        data = config.model_copy(update={"stem_width": model.stem.conv.out_channels, "stages": tuple(stages)})
+    else:
+        raise TypeError(f"not a network of ours: {type(model).__name__}")
+    # model_copy skips validation: validate the result as a fresh config.
+    return type(config).model_validate(data.model_dump())
