@@ -206,6 +206,67 @@ def onnx(
     typer.echo(f"wrote {out}: max |onnxruntime - torch| = {difference:.2e} on a {size}x{size} input")
 
 
+@app.command()
+@user_errors
+def compress(
+    model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file written by train (or compress)."),
+    target_params: Optional[int] = typer.Option(None, "--target-params", help="Prune until at most this many parameters."),
+    target_macs: Optional[int] = typer.Option(None, "--target-macs", help="Prune until at most this many MACs (conv_only counter, at --mac-size)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this model file, or from a preset (extremec3net, sinet) with --teacher-weights."),
+    teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Prune -> fine-tune rounds; targets fall geometrically (default 3)."),
+    epochs_per_step: Optional[int] = typer.Option(None, "--epochs-per-step", help="Fine-tuning epochs after each pruning (default 2)."),
+    data: str = DataOption,
+    out: Path = typer.Option(..., "--out", help="The model file to write (OUT.partial holds the finished steps meanwhile)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fine-tuning (default 2e-3, cosine per step)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 16)."),
+    size: Optional[int] = typer.Option(None, help="Fine-tuning and validation resolution (default 224)."),
+    mac_size: Optional[int] = typer.Option(None, help="Resolution at which MACs are counted (default 224)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of shuffling and augmentation; step k uses seed + k (default 0)."),
+    val_fraction: Optional[float] = ValFractionOption,
+    val_seed: Optional[int] = ValSeedOption,
+    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation (default 1.0)."),
+    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature (default 2.0)."),
+    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation (default 1.0)."),
+    max_steps_per_step: Optional[int] = typer.Option(None, help="Stop each fine-tuning after this many optimiser steps (smoke tests)."),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the steps saved in OUT.partial."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the step table and final metrics as JSON."),
+):
+    """Shrink a trained network to a parameter or MAC target: prune (Torch-Pruning), fine-tune, distil.
+
+    Prints one line per step (parameters, MACs, validation fg IoU) and writes a normal model
+    file whose config rebuilds the pruned network (export it, train it, eval it, onnx it).
+    """
+    from lightseg_nas.compress import compress_to_file, format_row, settings_from
+
+    if (target_params is None) == (target_macs is None):
+        raise UserError("give exactly one of --target-params N or --target-macs N")
+    settings = settings_from(
+        metric="params" if target_params is not None else "macs", target=target_params if target_params is not None else target_macs,
+        steps=steps, epochs_per_step=epochs_per_step, lr=lr, batch_size=batch_size, size=size, mac_size=mac_size, seed=seed,
+        val_fraction=val_fraction, val_seed=val_seed, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
+        max_steps_per_step=max_steps_per_step, device=device,
+    )
+    on_row = (lambda row: None) if as_json else (lambda row: typer.echo(format_row(row), err=progress))
+    record = compress_to_file(model_file, out, data, settings, teacher, teacher_weights, resume, progress, on_row)
+    summary = {
+        "model": str(out), "arch_id": record["arch_id"], "params": record["compress"]["steps"][-1]["params"],
+        "macs": record["compress"]["steps"][-1]["macs"], "mac_counter": record["compress"]["mac_counter"],
+        "steps": record["compress"]["steps"], "teacher": record["compress"]["teacher"], **record["metrics"],
+        "synthetic": record["data"]["synthetic"],
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        first, last = record["compress"]["steps"][0], record["compress"]["steps"][-1]
+        typer.echo(
+            f"wrote {out}: {first['params']:,} -> {last['params']:,} params, validation fg IoU "
+            f"{100 * first['val_fg_iou']:.2f} -> {100 * last['val_fg_iou']:.2f} at {record['metrics']['val_size']}px"
+        )
+
+
 StudyArgument = typer.Argument(Path("studies/quickstart.toml"), metavar="STUDY", help="A study file (TOML); see studies/.")
 StorageOption = typer.Option(None, "--storage", help="Optuna storage URL (default: a SQLite file beside the study file).")
 StudyNameOption = typer.Option(None, "--study-name", help="Study name in the storage (default: the study file's name).")

@@ -44,6 +44,9 @@ def assets(tmp_path_factory):
     record = torch.load(root / "model.pt", weights_only=True)
     record["config"]["stem_width"] = -3
     torch.save(record, root / "badconfig.pt")
+    record = torch.load(root / "model.pt", weights_only=True)
+    record["config"]["num_classes"] = 21
+    torch.save(record, root / "classes21.pt")
     from lightseg_nas.presets import get_preset
 
     torch.save(build_model(get_preset("extremec3net")).state_dict(), root / "ec3.pth")
@@ -121,6 +124,22 @@ CASES = [
     # onnx
     ("onnx: pickled code", "onnx {A}/pickled.pt --out {A}/out/net.onnx", "refused"),
     ("onnx: bad size", "onnx {A}/model.pt --out {A}/out/net.onnx --size 30", "multiple of 32"),
+    # compress
+    ("compress: target above the current size", "compress {A}/model.pt --target-params 10000000 --out {A}/out/small.pt", "is not below the network's current"),
+    ("compress: target below the fixed parts", "compress {A}/model.pt --target-params 10 --out {A}/out/small.pt", "below what this network's fixed parts need"),
+    ("compress: MAC target below the fixed parts", "compress {A}/model.pt --target-macs 10 --out {A}/out/small.pt", "fixed parts"),
+    ("compress: no target", "compress {A}/model.pt --out {A}/out/small.pt", "exactly one of --target-params"),
+    ("compress: two targets", "compress {A}/model.pt --target-params 9 --target-macs 9 --out {A}/out/small.pt", "exactly one of"),
+    ("compress: teacher classes unmappable", "compress {A}/model.pt --target-params 20000 --teacher {A}/classes21.pt --out {A}/out/small.pt", "cannot be mapped"),
+    ("compress: teacher not ours", "compress {A}/model.pt --target-params 20000 --teacher {A}/foreign.pt --out {A}/out/small.pt", "not a lightseg-nas model file"),
+    ("compress: teacher neither file nor preset", "compress {A}/model.pt --target-params 20000 --teacher unet --out {A}/out/small.pt", "neither a model file nor a preset"),
+    ("compress: preset teacher without weights", "compress {A}/model.pt --target-params 20000 --teacher sinet --out {A}/out/small.pt", "needs --teacher-weights"),
+    ("compress: model not ours", "compress {A}/foreign.pt --target-params 20000 --out {A}/out/small.pt", "not a lightseg-nas model file"),
+    ("compress: pickled code", "compress {A}/pickled.pt --target-params 20000 --out {A}/out/small.pt", "refused"),
+    ("compress: tampered model", "compress {A}/tampered.pt --target-params 20000 --out {A}/out/small.pt", "weights do not match"),
+    ("compress: existing output", "compress {A}/model.pt --target-params 20000 --out {A}/net.json", "already exists"),
+    ("compress: unknown dataset", "compress {A}/model.pt --target-params 20000 --data imagenet --out {A}/out/small.pt", "unknown dataset spec"),
+    ("compress: zero steps", "compress {A}/model.pt --target-params 20000 --steps 0 --out {A}/out/small.pt", "--steps"),
     # search
     ("search: missing study", "search {A}/none.toml", "no such study file"),
     ("search: truncated study", "search {A}/truncated.toml", "not valid TOML"),

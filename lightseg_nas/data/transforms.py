@@ -43,6 +43,14 @@ def normalize(images: torch.Tensor, preprocessing: dict) -> torch.Tensor:
     return (x - mean) / std * preprocessing["scale"]
 
 
+def denormalize(x: torch.Tensor, preprocessing: dict) -> torch.Tensor:
+    """The inverse of ``normalize``: float RGB in [0, 255] (to feed a network another recipe)."""
+    mean = torch.tensor(preprocessing["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    images = x / preprocessing["scale"] * std + mean
+    return images.flip(1) if preprocessing["channel_order"] == "bgr" else images
+
+
 def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
     radius = max(1, int(math.ceil(2 * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)

@@ -1,0 +1,240 @@
+"""``lightseg-nas compress``: iterative prune -> fine-tune (-> distil) down to a size target.
+
+The network is pruned in ``steps`` steps whose targets fall geometrically from its size to
+the target; after each, it is fine-tuned for ``epochs_per_step`` epochs (with distillation
+when a teacher is given) and validated. Each step is recorded (parameters, MACs, validation
+IoU, seconds) and saved to ``OUT.partial``, so a stopped run continues with ``--resume``;
+the end is an ordinary model file whose config rebuilds the pruned network.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lightseg_nas import prune
+from lightseg_nas.config import config_from_dict, to_json
+from lightseg_nas.cost import count_macs, count_params
+from lightseg_nas.data import load_split
+from lightseg_nas.data.transforms import get_preprocessing
+from lightseg_nas.distill import Distiller
+from lightseg_nas.errors import UserError
+from lightseg_nas.modelfile import load_model_file, load_record, make_record, save_record
+from lightseg_nas.models import INPUT_MULTIPLE, build_model
+from lightseg_nas.presets import get_preset, list_presets, load_released_weights
+from lightseg_nas.train import TrainSettings, evaluate, fit, resolve_device
+
+__all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "MAC_COUNTER"]
+
+# The MAC counter of --target-macs and of the step table: the papers' convention.
+MAC_COUNTER = "conv_only"
+
+
+class CompressSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    metric: Literal["params", "macs"]
+    target: int = Field(ge=1)
+    steps: int = Field(3, ge=1)
+    epochs_per_step: int = Field(2, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    size: int = Field(224, ge=INPUT_MULTIPLE)
+    # Resolution at which MACs are counted (and --target-macs is meant).
+    mac_size: int = Field(224, ge=INPUT_MULTIPLE)
+    seed: int = 0
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_seed: int = 0
+    kd_weight: float = Field(1.0, ge=0)
+    kd_temperature: float = Field(2.0, gt=0)
+    cwd_weight: float = Field(1.0, ge=0)
+    # Stop each fine-tuning after this many steps (smoke tests); None = whole epochs.
+    max_steps_per_step: Optional[int] = Field(None, ge=1)
+    device: str = "auto"
+
+
+def settings_from(**values) -> CompressSettings:
+    try:
+        settings = CompressSettings(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as error:
+        item = error.errors()[0]
+        raise UserError(f"--{'-'.join(map(str, item['loc'])).replace('_', '-')}: {item['msg']}") from None
+    for name in ("size", "mac_size"):
+        if getattr(settings, name) % INPUT_MULTIPLE:
+            raise UserError(f"--{name.replace('_', '-')} must be a multiple of {INPUT_MULTIPLE}, got {getattr(settings, name)}")
+    return settings
+
+
+def cost(model: torch.nn.Module, metric: str, mac_size: int) -> int:
+    if metric == "params":
+        return count_params(model)
+    return count_macs(model, mac_size, counters=(MAC_COUNTER,))[MAC_COUNTER].macs
+
+
+def load_teacher(spec: str, weights: Optional[Path]) -> tuple[torch.nn.Module, dict, str]:
+    """(teacher in eval mode, its preprocessing, a description) from a model file or a preset."""
+    if spec in list_presets():
+        if weights is None:
+            raise UserError(f"--teacher {spec}: a preset teacher needs --teacher-weights FILE.pth (the released weights)")
+        model = load_released_weights(build_model(get_preset(spec)), spec, weights)
+        return model.eval(), get_preprocessing("released"), f"preset {spec} ({weights})"
+    if weights is not None:
+        raise UserError("--teacher-weights goes with a preset --teacher (a model file holds its own weights)")
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--teacher {spec}: neither a model file nor a preset ({', '.join(list_presets())})")
+    record = load_record(path)
+    classes = record["config"].get("num_classes") if isinstance(record["config"], dict) else None
+    if classes not in (1, 2):
+        raise UserError(
+            f"--teacher {spec}: its {classes!r} output classes cannot be mapped to background/foreground "
+            "(a teacher has 1 foreground logit or 2 softmax classes)"
+        )
+    model, record = load_model_file(path)
+    return model.eval(), record["preprocessing"], f"model file {path} (arch {record['arch_id']})"
+
+
+def check_target(model: torch.nn.Module, metric: str, target: int, mac_size: int) -> tuple[int, int]:
+    """(current cost, smallest reachable cost); UserError if the target is outside them."""
+    unit = "parameters" if metric == "params" else f"MACs ({MAC_COUNTER}, {mac_size}x{mac_size})"
+    current = cost(model, metric, mac_size)
+    if target >= current:
+        raise UserError(f"target {target:,} {unit} is not below the network's current {current:,}: nothing to prune")
+    floor = cost(prune.prune_ratio(model, 0.0), metric, mac_size)
+    if target < floor:
+        raise UserError(
+            f"target {target:,} {unit} is below what this network's fixed parts need: it prunes to {floor:,} at the least"
+        )
+    return current, floor
+
+
+def _step_targets(current: int, target: int, steps: int) -> list[int]:
+    """Geometric from the current size to the target; the last one is the target itself."""
+    ratio = target / current
+    return [int(current * ratio ** (k / steps)) for k in range(1, steps)] + [target]
+
+
+def _row(step: int, model, metric_row: dict, settings: CompressSettings, seconds: float, target: int | None) -> dict:
+    return {
+        "step": step,
+        "target": target,
+        "params": count_params(model),
+        "macs": cost(model, "macs", settings.mac_size),
+        "val_fg_iou": metric_row["fg_iou"],
+        "val_miou": metric_row["miou"],
+        "val_boundary_f": metric_row["boundary_f"],
+        "seconds": seconds,
+    }
+
+
+def format_row(row: dict) -> str:
+    return (
+        f"step {row['step']}: {row['params']:>9,} params  {row['macs'] / 1e6:8.2f}M MACs  "
+        f"val fg IoU {100 * row['val_fg_iou']:6.2f}  ({row['seconds']:.0f}s)"
+    )
+
+
+def compress_to_file(
+    model_path: Path,
+    out: Path,
+    data_spec: str,
+    settings: CompressSettings,
+    teacher: Optional[str] = None,
+    teacher_weights: Optional[Path] = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_row: Callable[[dict], None] = lambda row: None,
+) -> dict:
+    """Compress the model file ``model_path`` into the model file ``out``; return the record."""
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    if out.exists():
+        raise UserError(f"{out}: already exists; choose another --out")
+    if partial.exists() and not resume:
+        raise UserError(f"{partial}: an unfinished compression; pass --resume to continue it or choose another --out")
+    model, record = load_model_file(model_path)
+    preprocessing = record["preprocessing"]
+    source_config = record["config_object"]
+    distiller_parts = load_teacher(teacher, teacher_weights) if teacher is not None else None
+    current, floor = check_target(model, settings.metric, settings.target, settings.mac_size)
+    device = resolve_device(settings.device)
+    train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
+    val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
+
+    distiller = None
+    if distiller_parts is not None:
+        teacher_model, teacher_preprocessing, teacher_description = distiller_parts
+        distiller = Distiller(
+            teacher_model.to(device), teacher_preprocessing, preprocessing,
+            settings.kd_temperature, settings.kd_weight, settings.cwd_weight,
+        )
+
+    rows, histories = [], []
+    if resume and partial.exists():
+        state = torch.load(partial, map_location="cpu", weights_only=True)
+        if state.get("settings") != settings.model_dump() or state.get("source") != record["arch_id"]:
+            raise UserError(f"{partial}: was written for another model or other settings; resume with the same ones")
+        model = build_model(config_from_dict(state["config"], f"{partial} (config)"))
+        model.load_state_dict(state["state_dict"])
+        rows, histories = list(state["rows"]), list(state["histories"])
+        for row in rows:
+            on_row(row)
+    else:
+        model.to(device)
+        rows.append(_row(0, model, evaluate(model, val_data, preprocessing, device=device), settings, 0.0, None))
+        on_row(rows[0])
+
+    targets = _step_targets(current, settings.target, settings.steps)
+    for step in range(len(rows), settings.steps + 1):
+        started = time.perf_counter()
+        model = prune.prune_to(model.cpu(), targets[step - 1], settings.metric, settings.mac_size)
+        fine_tune = TrainSettings(
+            epochs=settings.epochs_per_step, batch_size=settings.batch_size, lr=settings.lr, size=settings.size,
+            seed=settings.seed + step, val_fraction=settings.val_fraction, val_seed=settings.val_seed,
+            preprocessing=preprocessing["name"], max_steps=settings.max_steps_per_step, device=settings.device,
+        )
+        history = fit(model, train_data, val_data, fine_tune, preprocessing, progress=progress, extra_loss=distiller)
+        metrics = evaluate(model, val_data, preprocessing, device=device)
+        rows.append(_row(step, model.cpu(), metrics, settings, time.perf_counter() - started, targets[step - 1]))
+        histories.append(history)
+        save_record(
+            {
+                "settings": settings.model_dump(), "source": record["arch_id"], "config": model.config.model_dump(mode="json"),
+                "state_dict": model.state_dict(), "rows": rows, "histories": histories,
+            },
+            partial,
+        )
+        on_row(rows[-1])
+
+    model = model.cpu()
+    final = rows[-1]
+    result = make_record(
+        model.config,
+        model,
+        preprocessing,
+        seed=settings.seed,
+        data={"spec": data_spec, "train": train_data.description, "val": val_data.description, "synthetic": train_data.synthetic},
+        metrics={"val_fg_iou": final["val_fg_iou"], "val_miou": final["val_miou"], "val_boundary_f": final["val_boundary_f"], "val_size": settings.size},
+        compress={
+            "source": str(model_path),
+            "source_arch_id": record["arch_id"],
+            "source_config": source_config.model_dump(mode="json"),
+            "teacher": teacher_description if distiller_parts is not None else None,
+            "mac_counter": MAC_COUNTER,
+            "floor": floor,
+            "settings": settings.model_dump(),
+            "steps": rows,
+        },
+        history=[row for history in histories for row in history],
+        train_seconds=sum(row["seconds"] for row in rows),
+    )
+    save_record(result, out)
+    partial.unlink(missing_ok=True)
+    return result
+
+
+def config_text(record: dict) -> str:
+    return to_json(config_from_dict(record["config"]))
