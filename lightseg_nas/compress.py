@@ -4,7 +4,8 @@ The network is pruned in ``steps`` steps whose targets fall geometrically from i
 the target; after each, it is fine-tuned for ``epochs_per_step`` epochs (with distillation
 when a teacher is given) and validated. Each step is recorded (parameters, MACs, validation
 IoU, seconds) and saved to ``OUT.partial``, so a stopped run continues with ``--resume``;
-the end is an ordinary model file whose config rebuilds the pruned network.
+the end is an ordinary model file whose config rebuilds the pruned network, and that config
+as JSON beside it (OUT with the suffix .json) for the trainer.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from lightseg_nas.data import load_split
 from lightseg_nas.data.transforms import get_preprocessing
 from lightseg_nas.distill import Distiller
 from lightseg_nas.errors import UserError
-from lightseg_nas.modelfile import load_model_file, load_record, make_record, save_record
+from lightseg_nas.modelfile import atomic_write_text, load_model_file, load_record, make_record, save_record
 from lightseg_nas.models import INPUT_MULTIPLE, build_model
 from lightseg_nas.presets import get_preset, list_presets, load_released_weights
 from lightseg_nas.train import TrainSettings, evaluate, fit, resolve_device
 
-__all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "MAC_COUNTER"]
+__all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "config_path", "MAC_COUNTER"]
 
 # The MAC counter of --target-macs and of the step table: the papers' convention.
 MAC_COUNTER = "conv_only"
@@ -151,8 +152,10 @@ def compress_to_file(
     """Compress the model file ``model_path`` into the model file ``out``; return the record."""
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    if out.exists():
-        raise UserError(f"{out}: already exists; choose another --out")
+    config_out = config_path(out)
+    for path in (out, config_out):
+        if path.exists():
+            raise UserError(f"{path}: already exists; choose another --out")
     if partial.exists() and not resume:
         raise UserError(f"{partial}: an unfinished compression; pass --resume to continue it or choose another --out")
     model, record = load_model_file(model_path)
@@ -231,10 +234,12 @@ def compress_to_file(
         history=[row for history in histories for row in history],
         train_seconds=sum(row["seconds"] for row in rows),
     )
+    atomic_write_text(config_out, to_json(model.config))
     save_record(result, out)
     partial.unlink(missing_ok=True)
     return result
 
 
-def config_text(record: dict) -> str:
-    return to_json(config_from_dict(record["config"]))
+def config_path(out: Path) -> Path:
+    """Where the pruned network's config JSON goes: beside OUT (small.pt -> small.json)."""
+    return out.with_suffix(".json") if out.suffix != ".json" else out.with_name(out.name + ".config.json")

@@ -123,13 +123,17 @@ def _count_thop(model: nn.Module, x: torch.Tensor) -> MacCount:
     import thop
     from thop.profile import register_hooks
 
+    from lightseg_nas.blocks import GroupedConv2d, ImagePool
+
+    # Our subclasses of torch layers are counted as the layers they are (thop keys on the exact type).
+    custom_ops = {GroupedConv2d: register_hooks[nn.Conv2d], ImagePool: register_hooks[nn.AvgPool2d]}
     # thop attaches counting buffers to the modules it visits: work on a copy.
     probe = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # thop's own deprecation notices
-        macs, _ = thop.profile(probe, inputs=(x,), verbose=False)
+        macs, _ = thop.profile(probe, inputs=(x,), custom_ops=custom_ops, verbose=False)
     leaves = {type(m) for m in _leaves(model)}
-    uncounted = sorted(t.__name__ for t in leaves if t not in register_hooks)
+    uncounted = sorted(t.__name__ for t in leaves if t not in register_hooks and t not in custom_ops)
     return MacCount("thop", int(macs), tuple(uncounted) + ("functional ops",))
 
 

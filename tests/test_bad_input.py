@@ -138,6 +138,7 @@ CASES = [
     ("compress: pickled code", "compress {A}/pickled.pt --target-params 20000 --out {A}/out/small.pt", "refused"),
     ("compress: tampered model", "compress {A}/tampered.pt --target-params 20000 --out {A}/out/small.pt", "weights do not match"),
     ("compress: existing output", "compress {A}/model.pt --target-params 20000 --out {A}/net.json", "already exists"),
+    ("compress: existing config beside the output", "compress {A}/model.pt --target-params 20000 --out {A}/net.pt", "net.json: already exists"),
     ("compress: unknown dataset", "compress {A}/model.pt --target-params 20000 --data imagenet --out {A}/out/small.pt", "unknown dataset spec"),
     ("compress: zero steps", "compress {A}/model.pt --target-params 20000 --steps 0 --out {A}/out/small.pt", "--steps"),
     # search

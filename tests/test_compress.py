@@ -94,8 +94,7 @@ def test_compress_reaches_the_target_and_the_file_rebuilds_the_pruned_network(tr
     assert count_params(model) == summary["params"]
     # the file's config is the one the pruned weights' shapes spell, and goes to the trainer as it is
     assert prune.config_of(model) == record["config_object"]
-    config_path = tmp_path / "pruned.json"
-    config_path.write_text(to_json(record["config_object"]))
+    config_path = tmp_path / "small.json"  # written beside the model file
     assert config_from_json(config_path.read_text()) == record["config_object"]
     retrain = ["train", str(config_path), "--data", DATA, "--out", str(tmp_path / "again"), "--epochs", "1", "--size", "64", "--max-steps", "1", "--no-progress"]
     assert runner.invoke(app, retrain).exit_code == 0

@@ -97,3 +97,12 @@ def test_prune_to_meets_a_parameter_target_and_refuses_an_impossible_one():
     floor = prune.smallest(model)
     with pytest.raises(Exception, match="fixed parts"):
         prune.prune_to(model, floor - 1)
+
+
+def test_counters_count_the_layer_subclasses_pruning_needs():
+    from lightseg_nas.cost import count_macs
+
+    for name in ("extremec3net", "sinet"):
+        counts = count_macs(build_model(get_preset(name)), 64)
+        assert counts["thop"].uncounted == ("functional ops",)
+        assert counts["fvcore"].uncounted == ()

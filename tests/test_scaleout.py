@@ -93,8 +93,10 @@ def test_sigint_or_sigterm_stops_cleanly_and_the_same_command_resumes(tmp_path, 
     worker = search_process(study, postgres_url, name, 4, background=background)
     assert wait_for(lambda: any("rung0_val_fg_iou" not in t.user_attrs for t in running_trials(postgres_url, name)))
     worker.send_signal(stop)
-    assert worker.wait(timeout=120) == 130
-    assert "interrupted" in worker.stderr.read()
+    code = worker.wait(timeout=120)
+    stderr = worker.stderr.read()
+    assert code == 130, (code, stderr[-3000:])
+    assert "interrupted" in stderr
     loaded, trial_states = states(postgres_url, name)
     assert TrialState.RUNNING not in trial_states and TrialState.FAIL in trial_states
     resumed = search_process(study, postgres_url, name, 4)
