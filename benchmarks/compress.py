@@ -15,7 +15,7 @@ training size:
   (d') scratch-short: the same for the fine-tuning epochs only.
 
 Every arm is resumable (runs/compress_bench/...); a second call continues. Writes
-benchmarks/results/compress.{md,json}. Skips when ../shared is absent.
+benchmarks/results/compress_<steps>x<epochs-per-step>.{md,json}. Skips when ../shared is absent.
 """
 
 from __future__ import annotations
@@ -59,11 +59,17 @@ def _compress(source: Path, out: Path, data: str, settings, teacher: Path | None
     return out
 
 
+def pruned_config_id(config) -> str:
+    from lightseg_nas.config import arch_id
+
+    return arch_id(config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=int, default=37_738, help="parameters (ExtremeC3Net's 37,738 by default)")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--epochs-per-step", type=int, default=2)
+    parser.add_argument("--epochs-per-step", type=int, default=4)
     parser.add_argument("--big-epochs", type=int, default=15)
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -88,12 +94,15 @@ def main() -> None:
         metric="params", target=args.target, steps=args.steps, epochs_per_step=args.epochs_per_step, lr=args.ft_lr,
         batch_size=args.batch_size, size=args.size, seed=args.seed,
     )
-    prune_ft = _compress(big, args.runs / "prune_ft.pt", args.data, shrink, None, progress)
-    prune_ft_kd = _compress(big, args.runs / "prune_ft_kd.pt", args.data, shrink, big, progress)
+    schedule = f"{args.steps}x{args.epochs_per_step}"
+    prune_ft = _compress(big, args.runs / f"prune_ft-{schedule}.pt", args.data, shrink, None, progress)
+    prune_ft_kd = _compress(big, args.runs / f"prune_ft_kd-{schedule}.pt", args.data, shrink, big, progress)
     pruned_config = config_from_dict(load_record(prune_ft_kd)["config"])
     ft_epochs = args.steps * args.epochs_per_step
-    scratch_long = _train(pruned_config, args.data, args.runs / "scratch", settings_from(epochs=args.big_epochs + ft_epochs, **scratch), progress)
-    scratch_short = _train(pruned_config, args.data, args.runs / "scratch_short", settings_from(epochs=ft_epochs, **scratch), progress)
+    total = args.big_epochs + ft_epochs
+    folder = f"scratch-{pruned_config_id(pruned_config)}"
+    scratch_long = _train(pruned_config, args.data, args.runs / f"{folder}-{total}ep", settings_from(epochs=total, **scratch), progress)
+    scratch_short = _train(pruned_config, args.data, args.runs / f"{folder}-{ft_epochs}ep", settings_from(epochs=ft_epochs, **scratch), progress)
 
     arms = [
         ("(a) big (SINet)", big, args.big_epochs),
@@ -105,8 +114,8 @@ def main() -> None:
     rows = []
     for name, path, epochs in arms:
         model, preprocessing, record = load_network(path)
-        at_224 = evaluate_network(model, preprocessing, args.data, "val", 224, 0.1, 0)
-        at_size = evaluate_network(model, preprocessing, args.data, "val", args.size, 0.1, 0)
+        at_224 = evaluate_network(model, preprocessing, args.data, "val", 224, 0.1, 0, progress)
+        at_size = evaluate_network(model, preprocessing, args.data, "val", args.size, 0.1, 0, progress)
         rows.append(
             {
                 "arm": name,
@@ -131,7 +140,8 @@ def main() -> None:
         for run, rs in steps.items() for r in rs
     ]
     OUT.mkdir(exist_ok=True)
-    (OUT / "compress.json").write_text(json.dumps({"settings": vars(args) | {"runs": str(args.runs), "data": args.data}, "arms": rows, "steps": step_rows}, indent=2) + "\n")
+    name = f"compress_{schedule}"
+    (OUT / f"{name}.json").write_text(json.dumps({"settings": vars(args) | {"runs": str(args.runs), "data": args.data}, "arms": rows, "steps": step_rows}, indent=2) + "\n")
     a, b, c, d = (rows[i]["val_fg_iou_224px"] for i in range(4))
     text = [
         "# Compression to the 37.7K regime on EG1800",
@@ -151,7 +161,7 @@ def main() -> None:
         pd.DataFrame(step_rows).to_markdown(index=False),
         "",
     ]
-    (OUT / "compress.md").write_text("\n".join(text))
+    (OUT / f"{name}.md").write_text("\n".join(text))
     print("\n".join(text))
 
 

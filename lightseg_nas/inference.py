@@ -33,12 +33,14 @@ def load_network(checkpoint: str | Path | None = None, preset: str | None = None
     return model.eval(), get_preprocessing("released"), None
 
 
-def evaluate_network(model, preprocessing: dict, data_spec: str, split: str, size: int, val_fraction: float, val_seed: int) -> dict:
+def evaluate_network(
+    model, preprocessing: dict, data_spec: str, split: str, size: int, val_fraction: float, val_seed: int, progress: bool = True
+) -> dict:
     from lightseg_nas.train import evaluate
 
     if size % INPUT_MULTIPLE:
         raise UserError(f"--size must be a multiple of {INPUT_MULTIPLE}, got {size}")
-    data = load_split(data_spec, split, size, val_fraction, val_seed, progress=True)
+    data = load_split(data_spec, split, size, val_fraction, val_seed, progress=progress)
     metrics = evaluate(model, data, preprocessing)
     return {**metrics, "size": size, "split": split, "data": data.description, "synthetic": data.synthetic}
 

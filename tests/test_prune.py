@@ -106,3 +106,13 @@ def test_counters_count_the_layer_subclasses_pruning_needs():
         counts = count_macs(build_model(get_preset(name)), 64)
         assert counts["thop"].uncounted == ("functional ops",)
         assert counts["fvcore"].uncounted == ()
+
+
+def test_prune_to_meets_a_mac_target():
+    from lightseg_nas.cost import count_macs
+
+    model = build_model(get_preset("extremec3net"))
+    full = count_macs(model, 64, counters=("conv_only",))["conv_only"].macs
+    pruned = prune.prune_to(model, full // 3, metric="macs", size=64)
+    macs = count_macs(pruned, 64, counters=("conv_only",))["conv_only"].macs
+    assert 0.9 * (full // 3) <= macs <= full // 3
