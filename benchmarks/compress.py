@@ -15,7 +15,7 @@ training size:
   (d') scratch-short: the same for the fine-tuning epochs only.
 
 Every arm is resumable (runs/compress_bench/...); a second call continues. Writes
-benchmarks/results/compress_<steps>x<epochs-per-step>.{md,json}. Skips when ../shared is absent.
+benchmarks/results/compress_<steps>x<epochs-per-step>-lr<ft-lr>.{md,json}. Skips when ../shared is absent.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-3, help="from-scratch learning rate (a, d)")
-    parser.add_argument("--ft-lr", type=float, default=2e-3, help="fine-tuning learning rate (b, c)")
+    parser.add_argument("--ft-lr", type=float, default=5e-3, help="fine-tuning learning rate (b, c)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data", default=f"eg1800:{EG1800}")
@@ -95,8 +95,9 @@ def main() -> None:
         batch_size=args.batch_size, size=args.size, seed=args.seed,
     )
     schedule = f"{args.steps}x{args.epochs_per_step}"
-    prune_ft = _compress(big, args.runs / f"prune_ft-{schedule}.pt", args.data, shrink, None, progress)
-    prune_ft_kd = _compress(big, args.runs / f"prune_ft_kd-{schedule}.pt", args.data, shrink, big, progress)
+    tag = f"{schedule}-lr{args.ft_lr:g}"
+    prune_ft = _compress(big, args.runs / f"prune_ft-{tag}.pt", args.data, shrink, None, progress)
+    prune_ft_kd = _compress(big, args.runs / f"prune_ft_kd-{tag}.pt", args.data, shrink, big, progress)
     pruned_config = config_from_dict(load_record(prune_ft_kd)["config"])
     ft_epochs = args.steps * args.epochs_per_step
     total = args.big_epochs + ft_epochs
@@ -140,13 +141,13 @@ def main() -> None:
         for run, rs in steps.items() for r in rs
     ]
     OUT.mkdir(exist_ok=True)
-    name = f"compress_{schedule}"
+    name = f"compress_{tag}"
     (OUT / f"{name}.json").write_text(json.dumps({"settings": vars(args) | {"runs": str(args.runs), "data": args.data}, "arms": rows, "steps": step_rows}, indent=2) + "\n")
     a, b, c, d = (rows[i]["val_fg_iou_224px"] for i in range(4))
     text = [
         "# Compression to the 37.7K regime on EG1800",
         "",
-        f"Command: `python benchmarks/compress.py --target {args.target} --steps {args.steps} --epochs-per-step {args.epochs_per_step} "
+        f"Command: `python benchmarks/compress.py --target {args.target} --steps {args.steps} --epochs-per-step {args.epochs_per_step} --ft-lr {args.ft_lr:g} "
         f"--big-epochs {args.big_epochs} --size {args.size}` (torch {torch.__version__}, CPU).",
         f"Training: EG1800 train minus a 10% validation split (seed 0), {args.size}x{args.size}, batch {args.batch_size}, augmentation on; "
         f"from scratch Adam {args.lr} cosine; fine-tuning Adam {args.ft_lr} cosine per step; KD: pixel-wise (T=2, weight 1) + channel-wise (weight 1), teacher (a).",

@@ -218,7 +218,7 @@ def compress(
     epochs_per_step: Optional[int] = typer.Option(None, "--epochs-per-step", help="Fine-tuning epochs after each pruning (default 4)."),
     data: str = DataOption,
     out: Path = typer.Option(..., "--out", help="The model file to write (OUT.partial holds the finished steps meanwhile)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fine-tuning (default 2e-3, cosine per step)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fine-tuning (default 5e-3, warm-up then cosine, per step)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 16)."),
     size: Optional[int] = typer.Option(None, help="Fine-tuning and validation resolution (default 224)."),
     mac_size: Optional[int] = typer.Option(None, help="Resolution at which MACs are counted (default 224)."),

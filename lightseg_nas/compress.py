@@ -41,7 +41,7 @@ class CompressSettings(BaseModel):
     target: int = Field(ge=1)
     steps: int = Field(3, ge=1)
     epochs_per_step: int = Field(4, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(5e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     size: int = Field(224, ge=INPUT_MULTIPLE)
     # Resolution at which MACs are counted (and --target-macs is meant).
