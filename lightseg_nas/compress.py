@@ -131,6 +131,14 @@ def _row(step: int, model, metric_row: dict, settings: CompressSettings, seconds
     }
 
 
+def _fine_tune_settings(settings: CompressSettings, preprocessing: dict, step: int) -> TrainSettings:
+    return TrainSettings(
+        epochs=settings.epochs_per_step, batch_size=settings.batch_size, lr=settings.lr, size=settings.size,
+        seed=settings.seed + step, val_fraction=settings.val_fraction, val_seed=settings.val_seed,
+        preprocessing=preprocessing["name"], max_steps=settings.max_steps_per_step, device=settings.device,
+    )
+
+
 def format_row(row: dict) -> str:
     return (
         f"step {row['step']}: {row['params']:>9,} params  {row['macs'] / 1e6:8.2f}M MACs  "
@@ -194,11 +202,7 @@ def compress_to_file(
     for step in range(len(rows), settings.steps + 1):
         started = time.perf_counter()
         model = prune.prune_to(model.cpu(), targets[step - 1], settings.metric, settings.mac_size)
-        fine_tune = TrainSettings(
-            epochs=settings.epochs_per_step, batch_size=settings.batch_size, lr=settings.lr, size=settings.size,
-            seed=settings.seed + step, val_fraction=settings.val_fraction, val_seed=settings.val_seed,
-            preprocessing=preprocessing["name"], max_steps=settings.max_steps_per_step, device=settings.device,
-        )
+        fine_tune = _fine_tune_settings(settings, preprocessing, step)
         history = fit(model, train_data, val_data, fine_tune, preprocessing, progress=progress, extra_loss=distiller)
         metrics = evaluate(model, val_data, preprocessing, device=device)
         rows.append(_row(step, model.cpu(), metrics, settings, time.perf_counter() - started, targets[step - 1]))
@@ -218,6 +222,8 @@ def compress_to_file(
         model.config,
         model,
         preprocessing,
+        # the last fine-tuning's settings: eval finds the same validation split through them
+        training=_fine_tune_settings(settings, preprocessing, settings.steps).model_dump(),
         seed=settings.seed,
         data={"spec": data_spec, "train": train_data.description, "val": val_data.description, "synthetic": train_data.synthetic},
         metrics={"val_fg_iou": final["val_fg_iou"], "val_miou": final["val_miou"], "val_boundary_f": final["val_boundary_f"], "val_size": settings.size},

@@ -92,6 +92,7 @@ def test_compress_reaches_the_target_and_the_file_rebuilds_the_pruned_network(tr
     assert summary["teacher"].startswith("model file")
     model, record = load_model_file(out)  # build_model(config) + strict state_dict
     assert count_params(model) == summary["params"]
+    assert record["training"]["val_fraction"] == 0.1 and record["training"]["size"] == 64  # eval finds the same split
     # the file's config is the one the pruned weights' shapes spell, and goes to the trainer as it is
     assert prune.config_of(model) == record["config_object"]
     config_path = tmp_path / "small.json"  # written beside the model file
