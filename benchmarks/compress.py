@@ -32,7 +32,7 @@ from lightseg_nas.compress import compress_to_file, format_row, settings_from as
 from lightseg_nas.cost import count_params
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.modelfile import load_record
-from lightseg_nas.config import config_from_dict
+from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.presets import get_preset
 from lightseg_nas.train import settings_from, train_to_file
 
@@ -57,12 +57,6 @@ def _compress(source: Path, out: Path, data: str, settings, teacher: Path | None
             progress=progress, on_row=lambda row: print("  " + format_row(row), flush=True),
         )
     return out
-
-
-def pruned_config_id(config) -> str:
-    from lightseg_nas.config import arch_id
-
-    return arch_id(config)
 
 
 def main() -> None:
@@ -101,7 +95,7 @@ def main() -> None:
     pruned_config = config_from_dict(load_record(prune_ft_kd)["config"])
     ft_epochs = args.steps * args.epochs_per_step
     total = args.big_epochs + ft_epochs
-    folder = f"scratch-{pruned_config_id(pruned_config)}"
+    folder = f"scratch-{arch_id(pruned_config)}"
     scratch_long = _train(pruned_config, args.data, args.runs / f"{folder}-{total}ep", settings_from(epochs=total, **scratch), progress)
     scratch_short = _train(pruned_config, args.data, args.runs / f"{folder}-{ft_epochs}ep", settings_from(epochs=ft_epochs, **scratch), progress)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from lightseg_nas import prune
 from lightseg_nas.config import config_from_dict, to_json
-from lightseg_nas.cost import count_macs, count_params
+from lightseg_nas.cost import count_params
 from lightseg_nas.data import load_split
 from lightseg_nas.data.transforms import get_preprocessing
 from lightseg_nas.distill import Distiller
@@ -27,12 +27,12 @@ from lightseg_nas.errors import UserError
 from lightseg_nas.modelfile import atomic_write_text, load_model_file, load_record, make_record, save_record
 from lightseg_nas.models import INPUT_MULTIPLE, build_model
 from lightseg_nas.presets import get_preset, list_presets, load_released_weights
-from lightseg_nas.train import TrainSettings, evaluate, fit, resolve_device
+from lightseg_nas.train import TrainSettings, evaluate, fit, parse_options, resolve_device
 
 __all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "config_path", "MAC_COUNTER"]
 
 # The MAC counter of --target-macs and of the step table: the papers' convention.
-MAC_COUNTER = "conv_only"
+MAC_COUNTER = prune.MAC_COUNTER
 
 
 class CompressSettings(BaseModel):
@@ -58,21 +58,11 @@ class CompressSettings(BaseModel):
 
 
 def settings_from(**values) -> CompressSettings:
-    try:
-        settings = CompressSettings(**{k: v for k, v in values.items() if v is not None})
-    except ValidationError as error:
-        item = error.errors()[0]
-        raise UserError(f"--{'-'.join(map(str, item['loc'])).replace('_', '-')}: {item['msg']}") from None
+    settings = parse_options(CompressSettings, values)
     for name in ("size", "mac_size"):
         if getattr(settings, name) % INPUT_MULTIPLE:
             raise UserError(f"--{name.replace('_', '-')} must be a multiple of {INPUT_MULTIPLE}, got {getattr(settings, name)}")
     return settings
-
-
-def cost(model: torch.nn.Module, metric: str, mac_size: int) -> int:
-    if metric == "params":
-        return count_params(model)
-    return count_macs(model, mac_size, counters=(MAC_COUNTER,))[MAC_COUNTER].macs
 
 
 def load_teacher(spec: str, weights: Optional[Path]) -> tuple[torch.nn.Module, dict, str]:
@@ -101,10 +91,10 @@ def load_teacher(spec: str, weights: Optional[Path]) -> tuple[torch.nn.Module, d
 def check_target(model: torch.nn.Module, metric: str, target: int, mac_size: int) -> tuple[int, int]:
     """(current cost, smallest reachable cost); UserError if the target is outside them."""
     unit = "parameters" if metric == "params" else f"MACs ({MAC_COUNTER}, {mac_size}x{mac_size})"
-    current = cost(model, metric, mac_size)
+    current = prune.cost(model, metric, mac_size)
     if target >= current:
         raise UserError(f"target {target:,} {unit} is not below the network's current {current:,}: nothing to prune")
-    floor = cost(prune.prune_ratio(model, 0.0), metric, mac_size)
+    floor = prune.smallest(model, metric, mac_size)
     if target < floor:
         raise UserError(
             f"target {target:,} {unit} is below what this network's fixed parts need: it prunes to {floor:,} at the least"
@@ -123,7 +113,7 @@ def _row(step: int, model, metric_row: dict, settings: CompressSettings, seconds
         "step": step,
         "target": target,
         "params": count_params(model),
-        "macs": cost(model, "macs", settings.mac_size),
+        "macs": prune.cost(model, "macs", settings.mac_size),
         "val_fg_iou": metric_row["fg_iou"],
         "val_miou": metric_row["miou"],
         "val_boundary_f": metric_row["boundary_f"],

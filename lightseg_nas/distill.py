@@ -49,7 +49,9 @@ def channel_wise_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: f
 
 
 class Distiller:
-    """``extra_loss`` for ``train.fit``: weight * pixel KD + channel_weight * channel-wise KD."""
+    """``extra_loss`` for ``train.fit``: weight * pixel KD + channel_weight * channel-wise KD.
+
+    The teacher must already sit on the device the student trains on."""
 
     def __init__(
         self,
@@ -73,7 +75,7 @@ class Distiller:
         if self.teacher_preprocessing != self.student_preprocessing:
             x = normalize(denormalize(x, self.student_preprocessing), self.teacher_preprocessing)
         with torch.no_grad():
-            return self.teacher.to(x.device)(x)
+            return self.teacher(x)
 
     def __call__(self, x: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         teacher = two_class_logits(self.teacher_logits(x))

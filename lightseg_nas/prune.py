@@ -39,7 +39,7 @@ from lightseg_nas.cost import count_macs, count_params
 from lightseg_nas.errors import UserError
 from lightseg_nas.models import C3Net, SINet
 
-__all__ = ["Axis", "axes_of", "config_of", "plan", "apply_plan", "prune_to", "prune_ratio", "smallest", "example_input"]
+__all__ = ["Axis", "MAC_COUNTER", "cost", "axes_of", "config_of", "plan", "apply_plan", "prune_to", "prune_ratio", "smallest", "example_input"]
 
 
 class _ImagePoolPruner(tp.pruner.BasePruningFunc):
@@ -187,11 +187,15 @@ def _importance(model: nn.Module, axes: list[Axis]) -> dict[str, torch.Tensor]:
     return scores
 
 
+def _position_scores(axis: Axis, score: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(chunk length, summed score of each position within the axis's equal chunks)."""
+    chunk = score.numel() // axis.multiple
+    return chunk, score.view(axis.multiple, chunk).sum(0)
+
+
 def _select(axis: Axis, score: torch.Tensor, keep_fraction: float) -> list[int]:
     """Indices to prune: whole positions of the axis's equal chunks, guards respected."""
-    channels = score.numel()
-    chunk = channels // axis.multiple
-    position_score = score.view(axis.multiple, chunk).sum(0)
+    chunk, position_score = _position_scores(axis, score)
     order = torch.argsort(position_score, descending=True, stable=True).tolist()
     # At least two channels: Torch-Pruning reads a one-parameter PReLU as shared, not per channel.
     least = min(chunk, max(1, math.ceil(2 / axis.multiple)))
@@ -251,8 +255,7 @@ def _untied_pairs(model: nn.Module):
 
 
 def _unprune_one(axis: Axis, idxs: list[int], score: torch.Tensor) -> list[int]:
-    chunk = score.numel() // axis.multiple
-    position_score = score.view(axis.multiple, chunk).sum(0)
+    chunk, position_score = _position_scores(axis, score)
     positions = sorted({index % chunk for index in idxs}, key=lambda p: -float(position_score[p]))
     if not positions:
         return idxs
@@ -272,15 +275,20 @@ def prune_ratio(model: nn.Module, keep_fraction: float, scores: dict | None = No
     return apply_plan(model, plan(model, keep_fraction, scores))
 
 
-def _cost(model: nn.Module, metric: str, size: int) -> int:
+# MACs are counted as the papers did: convolutions alone.
+MAC_COUNTER = "conv_only"
+
+
+def cost(model: nn.Module, metric: str, size: int) -> int:
+    """Parameters, or MACs of one size x size image by the conv_only counter."""
     if metric == "params":
         return count_params(model)
-    return count_macs(model, size, counters=("conv_only",))["conv_only"].macs
+    return count_macs(model, size, counters=(MAC_COUNTER,))[MAC_COUNTER].macs
 
 
 def smallest(model: nn.Module, metric: str = "params", size: int = 224) -> int:
     """Cost of the network pruned as far as the rules allow: the floor of any target."""
-    return _cost(prune_ratio(model, 0.0), metric, size)
+    return cost(prune_ratio(model, 0.0), metric, size)
 
 
 def prune_to(model: nn.Module, target: int, metric: str = "params", size: int = 224, tolerance: float = 0.002) -> nn.Module:
@@ -289,12 +297,12 @@ def prune_to(model: nn.Module, target: int, metric: str = "params", size: int = 
     scores = _importance(model, axes)
     low, high = 0.0, 1.0  # keep fractions: low meets the target, high does not
     best = prune_ratio(model, low, scores)
-    if _cost(best, metric, size) > target:
+    if cost(best, metric, size) > target:
         raise UserError(f"target {target:,} {metric} is below what this network's fixed parts need")
     while high - low > tolerance:
         middle = (low + high) / 2
         candidate = prune_ratio(model, middle, scores)
-        if _cost(candidate, metric, size) <= target:
+        if cost(candidate, metric, size) <= target:
             low, best = middle, candidate
         else:
             high = middle

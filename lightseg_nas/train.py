@@ -24,7 +24,7 @@ from lightseg_nas.metrics import SegmentationMeter, predict_foreground
 from lightseg_nas.modelfile import make_record, save_record
 from lightseg_nas.models import INPUT_MULTIPLE, build_model
 
-__all__ = ["TrainSettings", "settings_from", "fit", "evaluate", "train_to_file", "resolve_device", "segmentation_loss"]
+__all__ = ["TrainSettings", "parse_options", "settings_from", "fit", "evaluate", "train_to_file", "resolve_device", "segmentation_loss"]
 
 
 class TrainSettings(BaseModel):
@@ -51,12 +51,17 @@ class TrainSettings(BaseModel):
     device: str = "auto"
 
 
-def settings_from(**values) -> TrainSettings:
+def parse_options(model_class: type[BaseModel], values: dict) -> BaseModel:
+    """Command-line values (None = not given) into a settings model, or one-line UserError."""
     try:
-        settings = TrainSettings(**{k: v for k, v in values.items() if v is not None})
+        return model_class(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as error:
         item = error.errors()[0]
         raise UserError(f"--{'-'.join(map(str, item['loc'])).replace('_', '-')}: {item['msg']}") from None
+
+
+def settings_from(**values) -> TrainSettings:
+    settings = parse_options(TrainSettings, values)
     if settings.size % INPUT_MULTIPLE:
         raise UserError(f"--size must be a multiple of {INPUT_MULTIPLE}, got {settings.size}")
     if settings.encoder_epochs >= settings.epochs:

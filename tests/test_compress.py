@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 from lightseg_nas import prune
 from lightseg_nas.cli import app
 from lightseg_nas.compress import compress_to_file, settings_from
-from lightseg_nas.config import config_from_json, to_json
+from lightseg_nas.config import config_from_json
 from lightseg_nas.cost import count_params
 from lightseg_nas.data.transforms import denormalize, get_preprocessing, normalize
 from lightseg_nas.distill import Distiller, channel_wise_kd, pixel_kd, two_class_logits
-from lightseg_nas.modelfile import load_model_file, make_record, save_record
+from lightseg_nas.modelfile import load_model_file
 from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset
 

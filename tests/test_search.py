@@ -1,7 +1,6 @@
 """The search end to end on tiny synthetic trials (32-64 px, a few images, 1 epoch a rung)."""
 
 import json
-import textwrap
 
 import numpy as np
 import optuna

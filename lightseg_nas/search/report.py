@@ -17,7 +17,6 @@ import numpy as np
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
-from optuna.trial import TrialState
 
 from lightseg_nas.modelfile import atomic_write, atomic_write_text
 from lightseg_nas.search.fidelity import non_dominated_ranks

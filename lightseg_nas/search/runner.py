@@ -156,8 +156,6 @@ def run_search(
     """Run trials until the study holds ``n_trials`` finished ones, or ``timeout`` seconds of
     wall time, or ``cpu_budget_s`` seconds of this process's CPU time have passed (the
     fair budget for comparing search settings on a shared machine)."""
-    from tqdm import tqdm
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     target = n_trials or study_file.study.n_trials
     timeout = timeout or study_file.study.timeout_s
