@@ -1,4 +1,4 @@
-"""Building blocks of both families, written from ARCHITECTURES.md.
+"""Building blocks of both families, written from docs/networks.md.
 
 Numerical details (BatchNorm eps, padding, where PReLU sits) are those of the released
 networks: the exactness tests in tests/test_presets.py hold them in place.

@@ -7,14 +7,48 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from lightseg_nas.errors import UserError
 
+# click's UsageError, reached through typer's public BadParameter (typer vendors click)
+_USAGE_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (an unknown option, a value not among the choices) end like every other
+    user mistake: one line on stderr, exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _USAGE_ERROR as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # the bare command: show the help
+                typer.echo(error.format_message())
+                sys.exit(0)
+            typer.echo(f"error: {error.format_message()}{_command_hint(error)}", err=True)
+            sys.exit(2)
+        except (typer.Abort, KeyboardInterrupt):
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        except typer.Exit as stop:
+            sys.exit(stop.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_hint(error) -> str:
+    context = getattr(error, "ctx", None)
+    return f" (see {context.command_path} --help)" if context is not None else ""
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Architecture search and compression for lightweight portrait segmentation "
     "(ExtremeC3Net / SINet search spaces on EG1800).",
     no_args_is_help=True,
@@ -24,9 +58,60 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from lightseg_nas.modelfile import code_version
+
+        typer.echo(f"lightseg-nas {code_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     """Architecture search and compression for lightweight portrait segmentation."""
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
+class Preview(str, Enum):
+    blur = "blur"
+    replace = "replace"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    poly = "poly"
+    constant = "constant"
+
+
+class Preprocessing(str, Enum):
+    default = "default"
+    released = "released"
+
+
+def _value(choice):
+    return None if choice is None else choice.value
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    """--threads: CPU threads for this command (default: the cores this process may use)."""
+    import torch
+
+    from lightseg_nas.checks import usable_cores
+
+    if threads is not None and not 1 <= threads <= 1024:
+        raise UserError(f"--threads must be from 1 to 1024, got {threads}")
+    torch.set_num_threads(threads or usable_cores())
+
+
+def _check_int(value: Optional[int], name: str, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        raise UserError(f"{name} must be from {low:,} to {high:,}, got {value:,}")
 
 
 def user_errors(command):
@@ -39,6 +124,12 @@ def user_errors(command):
         except UserError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
+        except RecursionError:
+            typer.echo("error: input nested too deeply to read", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: nothing half-written is kept; run the same command (with --resume where it has one) to continue", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -65,15 +156,20 @@ def measure(
     size: int = typer.Option(224, help="Input height and width (a multiple of 32)."),
     threads: int = typer.Option(1, help="CPU threads for the latency measurement."),
     repeats: int = typer.Option(30, help="Timed runs after warm-up (median and quartiles are reported)."),
-    backend: str = typer.Option("torch", help="Latency backend: torch (eager) or onnxruntime."),
+    backend: Backend = typer.Option(Backend.torch, help="Latency backend: torch (eager) or onnxruntime."),
     reference: str = typer.Option("sinet", help="Preset timed in the same run for a latency ratio; 'none' to skip."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (params, macs, latency_ms, ...)."),
 ):
     """Parameters, MACs (by counter, with what each left out) and measured CPU latency of one network."""
     from lightseg_nas.measure import cost_report, resolve_config
 
-    if backend not in ("torch", "onnxruntime"):
-        raise UserError(f"--backend must be torch or onnxruntime, got {backend!r}")
+    from lightseg_nas.checks import SEED_MAX, check_size
+
+    check_size(size, "--size")
+    _check_int(threads, "--threads", 1, 1024)
+    _check_int(repeats, "--repeats", 1, 100_000)
+    _check_int(seed, "--seed", 0, SEED_MAX)
+    backend = backend.value
     network = resolve_config(preset, config, space, seed, classes)
     report = cost_report(network, size, threads, repeats, backend, None if reference == "none" else reference)
     if as_json:
@@ -93,6 +189,8 @@ def measure(
         typer.echo(f"            {report['latency_ratio']:.2f}x the latency of {reference} timed in the same run")
 
 
+SizeOption = typer.Option(None, "--size", help="Input height and width, a multiple of 32 (default: the size the model was trained at; 224 for released weights).")
+ThreadsOption = typer.Option(None, "--threads", help="CPU threads (default: the cores this process may use).")
 DataOption = typer.Option("synthetic", "--data", help="Dataset: eg1800:PATH (either public layout) or synthetic[:count=N,seed=S].")
 ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val' (default 0.1).")
 ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images (default 0).")
@@ -110,17 +208,18 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 16)."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 5e-3)."),
     weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay (default 1e-4)."),
-    schedule: Optional[str] = typer.Option(None, help="cosine (default), poly or constant, after one warm-up epoch."),
+    schedule: Optional[Schedule] = typer.Option(None, help="Learning-rate schedule after one warm-up epoch (default cosine)."),
     size: Optional[int] = typer.Option(None, help="Training and validation resolution (default 224)."),
     seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling and augmentation (default 0)."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Scale/crop, flip, rotation, colour, blur."),
     val_fraction: Optional[float] = ValFractionOption,
     val_seed: Optional[int] = ValSeedOption,
     encoder_epochs: Optional[int] = typer.Option(None, help="First epochs train the encoder's own output (papers' stage 1)."),
-    preprocessing: Optional[str] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe)."),
+    preprocessing: Optional[Preprocessing] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe); default: default."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total (smoke tests)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last epoch."),
+    threads: Optional[int] = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
 ):
@@ -130,44 +229,51 @@ def train(
 
     network = resolve_config(preset, config, None, None, classes)
     settings = settings_from(
-        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, size=size,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
         seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
-        preprocessing=preprocessing, max_steps=max_steps, device=device,
+        preprocessing=_value(preprocessing), max_steps=max_steps, device=device,
     )
+    _set_threads(threads)
     record = train_to_file(network, data, out, settings, resume=resume, progress=progress)
     metrics = {**record["metrics"], "model": str(out / "model.pt"), "arch_id": record["arch_id"], "synthetic": record["data"]["synthetic"]}
     if as_json:
         _print_json(metrics)
     else:
         label = " (synthetic data)" if metrics["synthetic"] else ""
-        typer.echo(f"wrote {out / 'model.pt'}: validation fg IoU {100 * metrics.get('val_fg_iou', 0):.2f} at {metrics['val_size']}px{label}")
+        typer.echo(f"wrote {out / 'model.pt'}: validation fg IoU {100 * metrics.get('val_fg_iou', 0):.2f}% at {metrics['val_size']}px{label}")
 
 
 @app.command("eval")
 @user_errors
 def eval_command(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A model file written by train or compress."),
+    model_file: Optional[Path] = typer.Argument(None, metavar="[MODEL]", help="A model file written by train or compress (or use --preset with --weights)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The model file, as an option (same as MODEL)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="A published network, with --weights."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="The released state_dict for --preset."),
     data: str = DataOption,
     split: str = typer.Option("val", help="train, val (carved from the training list), trainval, test, ..."),
-    size: int = typer.Option(224, help="Evaluation resolution (the papers use 224)."),
+    size: Optional[int] = SizeOption,
     val_fraction: Optional[float] = ValFractionOption,
     val_seed: Optional[int] = ValSeedOption,
-    as_json: bool = typer.Option(False, "--json", help="Print fg_iou, miou, boundary_f, n_images, ... as JSON."),
+    threads: Optional[int] = ThreadsOption,
+    as_json: bool = typer.Option(False, "--json", help="Print fg_iou, miou, boundary_f, n_images, size, ... as JSON."),
 ):
     """Score a network: per-image foreground IoU (the papers' "mIoU"), mean IoU, boundary F."""
-    from lightseg_nas.inference import evaluate_network, load_network
+    from lightseg_nas.inference import evaluate_network, load_network, recorded_size
 
-    model, preprocessing, record = load_network(checkpoint, preset, weights)
+    if model_file is not None and checkpoint is not None:
+        raise UserError("give the model file once: MODEL or --checkpoint MODEL")
+    _set_threads(threads)
+    model, preprocessing, record = load_network(model_file or checkpoint, preset, weights)
     training = (record or {}).get("training") or {}
     fraction = val_fraction if val_fraction is not None else training.get("val_fraction", 0.1)
     carve_seed = val_seed if val_seed is not None else training.get("val_seed", 0)
+    size, source = (size, "--size") if size is not None else recorded_size(record)
     metrics = evaluate_network(model, preprocessing, data, split, size, fraction, carve_seed)
     if as_json:
-        _print_json(metrics)
+        _print_json({**metrics, "size_source": source})
         return
-    typer.echo(f"{metrics['data']}, {metrics['n_images']} images at {size}x{size}")
+    typer.echo(f"{metrics['data']}, {metrics['n_images']} images at {size}x{size} ({source})")
     typer.echo(f"fg_iou      {100 * metrics['fg_iou']:.2f}  (foreground IoU per image, averaged: the papers' mIoU)")
     typer.echo(f"miou        {100 * metrics['miou']:.2f}  (background and foreground IoU over the whole set, averaged)")
     typer.echo(f"boundary_f  {100 * metrics['boundary_f']:.2f}  (boundary F-score, 2-pixel tolerance)")
@@ -179,15 +285,18 @@ def predict(
     model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file written by train or compress."),
     images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Images of any size."),
     out: Path = typer.Option(..., "--out", help="Folder for NAME_mask.png and NAME_preview.jpg."),
-    size: int = typer.Option(224, help="Resolution the network sees."),
-    preview: str = typer.Option("blur", help="blur or replace the background in the preview."),
+    size: Optional[int] = SizeOption,
+    preview: Preview = typer.Option(Preview.blur, help="Blur or replace the background in the preview."),
+    threads: Optional[int] = ThreadsOption,
 ):
     """Write each image's mask and a preview with the background blurred or replaced."""
-    from lightseg_nas.inference import load_network, predict_images
+    from lightseg_nas.inference import load_network, predict_images, recorded_size
 
-    model, preprocessing, _ = load_network(model_file)
-    written = predict_images(model, preprocessing, images, out, size, preview)
-    typer.echo(f"wrote {len(written)} files to {out}")
+    _set_threads(threads)
+    model, preprocessing, record = load_network(model_file)
+    size, source = (size, "--size") if size is not None else recorded_size(record)
+    written = predict_images(model, preprocessing, images, out, size, preview.value)
+    typer.echo(f"wrote {len(written)} files to {out} (network input {size}x{size}: {source})")
 
 
 @app.command()
@@ -195,15 +304,18 @@ def predict(
 def onnx(
     model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file written by train or compress."),
     out: Path = typer.Option(..., "--out", help="The .onnx file to write."),
-    size: int = typer.Option(224, help="Fixed input height and width of the exported graph."),
+    size: Optional[int] = SizeOption,
     tolerance: float = typer.Option(1e-4, help="Largest allowed |ONNX Runtime - PyTorch| on the logits."),
+    threads: Optional[int] = ThreadsOption,
 ):
     """Export a model file to ONNX, checked against PyTorch with ONNX Runtime before it is kept."""
-    from lightseg_nas.inference import export_onnx_checked, load_network
+    from lightseg_nas.inference import export_onnx_checked, load_network, recorded_size
 
-    model, _, _ = load_network(model_file)
+    _set_threads(threads)
+    model, _, record = load_network(model_file)
+    size, source = (size, "--size") if size is not None else recorded_size(record)
     difference = export_onnx_checked(model, out, size, tolerance)
-    typer.echo(f"wrote {out}: max |onnxruntime - torch| = {difference:.2e} on a {size}x{size} input")
+    typer.echo(f"wrote {out}: max |onnxruntime - torch| = {difference:.2e} on a {size}x{size} input ({source})")
 
 
 @app.command()
@@ -231,6 +343,7 @@ def compress(
     max_steps_per_step: Optional[int] = typer.Option(None, help="Stop each fine-tuning after this many optimiser steps (smoke tests)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the steps saved in OUT.partial."),
+    threads: Optional[int] = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the step table and final metrics as JSON."),
 ):
@@ -249,6 +362,7 @@ def compress(
         val_fraction=val_fraction, val_seed=val_seed, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
         max_steps_per_step=max_steps_per_step, device=device,
     )
+    _set_threads(threads)
     on_row = (lambda row: None) if as_json else (lambda row: typer.echo(format_row(row), err=progress))
     record = compress_to_file(model_file, out, data, settings, teacher, teacher_weights, resume, progress, on_row)
     summary = {
@@ -263,7 +377,7 @@ def compress(
         first, last = record["compress"]["steps"][0], record["compress"]["steps"][-1]
         typer.echo(
             f"wrote {out}: {first['params']:,} -> {last['params']:,} params, validation fg IoU "
-            f"{100 * first['val_fg_iou']:.2f} -> {100 * last['val_fg_iou']:.2f} at {record['metrics']['val_size']}px"
+            f"{100 * first['val_fg_iou']:.2f}% -> {100 * last['val_fg_iou']:.2f}% at {record['metrics']['val_size']}px"
         )
 
 
@@ -272,8 +386,23 @@ StorageOption = typer.Option(None, "--storage", help="Optuna storage URL (defaul
 StudyNameOption = typer.Option(None, "--study-name", help="Study name in the storage (default: the study file's name).")
 
 
-def _report_folder(study_file, study_name: Optional[str]) -> Path:
-    return study_file.folder / f"{study_name or study_file.study.name}-report"
+def _derived_folder(study_file, study_name: Optional[str], kind: str) -> Path:
+    """STEM-report / STEM-export beside the study file (STEM-NAME-... for --study-name):
+    named after the file, so two study files in one folder never share a folder."""
+    import re
+
+    from lightseg_nas.search.study_file import STUDY_NAME_PATTERN
+
+    if study_name is not None and not re.match(STUDY_NAME_PATTERN, study_name):
+        raise UserError(f"--study-name {study_name!r}: use letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit")
+    stem = study_file.path.stem if study_file.path else study_file.study.name
+    return study_file.folder / (f"{stem}-{study_name}-{kind}" if study_name else f"{stem}-{kind}")
+
+
+def _print_report(report, folder: Path) -> None:
+    typer.echo(f"report: {folder / 'summary.md'} (Pareto plots, hypervolume, trials.csv)")
+    if report.note:
+        typer.echo(report.note)
 
 
 @app.command()
@@ -293,37 +422,36 @@ def search(
 
     Re-running the same command continues the same study; finished trials are kept.
     """
-    import torch
-
     from lightseg_nas.search import load_study_file, run_search, write_report
 
-    if n_trials is not None and n_trials < 1:
-        raise UserError(f"--n-trials must be at least 1, got {n_trials}")
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    from lightseg_nas.checks import check_finite_number
+
+    _check_int(n_trials, "--n-trials", 1, 1_000_000)
+    _check_int(workers, "--workers", 1, 256)
+    _check_int(threads, "--threads", 1, 1024)
+    check_finite_number(timeout, "--timeout", minimum=0, strictly=True)
+    if workers == 1:
+        _set_threads(threads)
     from lightseg_nas.search.runner import install_stop_handlers
 
     install_stop_handlers()
     study_file = load_study_file(study)
+    folder = _derived_folder(study_file, study_name, "report")
     try:
         if workers > 1:
             from lightseg_nas.search.runner import run_workers
 
-            result = run_workers(study_file, workers, n_trials, timeout, storage, study_name, progress)
+            result = run_workers(study_file, workers, n_trials, timeout, storage, study_name, progress, threads)
         else:
             result = run_search(study_file, n_trials, timeout, storage, study_name, progress)
     except KeyboardInterrupt:
         typer.echo("interrupted: the running trial is marked failed, the study is consistent; run the same command to continue", err=True)
         raise typer.Exit(130) from None
-    typer.echo(f"study {result.study_name!r}: {len(result.trials)} trials in {study_file.storage_url(storage)}")
+    from lightseg_nas.search.storage import redact
+
+    typer.echo(f"study {result.study_name!r}: {len(result.trials)} trials in {redact(study_file.storage_url(storage))}")
     if report:
-        folder = _report_folder(study_file, study_name)
-        write_report(result, folder)
-        typer.echo(f"report: {folder / 'summary.md'} (Pareto plots, hypervolume, trials.csv)")
+        _print_report(write_report(result, folder), folder)
 
 
 @app.command("report")
@@ -339,10 +467,9 @@ def report_command(
     from lightseg_nas.search import load_study_file, open_study, write_report
 
     study_file = load_study_file(study)
+    folder = out or _derived_folder(study_file, study_name, "report")
     result = open_study(study_file, storage, study_name, create=False)
-    folder = out or _report_folder(study_file, study_name)
-    write_report(result, folder, png=png)
-    typer.echo(f"report: {folder / 'summary.md'}")
+    _print_report(write_report(result, folder, png=png), folder)
 
 
 @app.command()
@@ -360,9 +487,9 @@ def export(
     from lightseg_nas.search import choose_trials, export_trials, load_study_file, open_study
 
     study_file = load_study_file(study)
+    folder = out or _derived_folder(study_file, study_name, "export")
     result = open_study(study_file, storage, study_name, create=False)
     numbers = choose_trials(result, trial, best_under_params, front)
-    folder = out or study_file.folder / f"{study_name or study_file.study.name}-export"
     for number, path in zip(numbers, export_trials(result, numbers, folder)):
         typer.echo(f"trial {number} -> {path}")
 

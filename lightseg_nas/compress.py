@@ -25,7 +25,8 @@ from lightseg_nas.data.transforms import get_preprocessing
 from lightseg_nas.distill import Distiller
 from lightseg_nas.errors import UserError
 from lightseg_nas.modelfile import atomic_write_text, load_model_file, load_record, make_record, save_record
-from lightseg_nas.models import INPUT_MULTIPLE, build_model
+from lightseg_nas.checks import InputSize, Seed, check_finite_state, check_output_file, load_state_file
+from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset, list_presets, load_released_weights
 from lightseg_nas.train import TrainSettings, evaluate, fit, parse_options, resolve_device
 
@@ -36,32 +37,31 @@ MAC_COUNTER = prune.MAC_COUNTER
 
 
 class CompressSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: nan and inf are refused for every number
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     metric: Literal["params", "macs"]
-    target: int = Field(ge=1)
-    steps: int = Field(3, ge=1)
-    epochs_per_step: int = Field(4, ge=1)
-    lr: float = Field(5e-3, gt=0)
-    batch_size: int = Field(16, ge=1)
-    size: int = Field(224, ge=INPUT_MULTIPLE)
+    target: int = Field(ge=1, le=10**15, strict=True)
+    steps: int = Field(3, ge=1, le=100, strict=True)
+    epochs_per_step: int = Field(4, ge=1, le=100_000, strict=True)
+    lr: float = Field(5e-3, gt=0, le=10)
+    batch_size: int = Field(16, ge=1, le=4096, strict=True)
+    size: InputSize = 224
     # Resolution at which MACs are counted (and --target-macs is meant).
-    mac_size: int = Field(224, ge=INPUT_MULTIPLE)
-    seed: int = 0
+    mac_size: InputSize = 224
+    seed: Seed = 0
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    val_seed: int = 0
-    kd_weight: float = Field(1.0, ge=0)
-    kd_temperature: float = Field(2.0, gt=0)
-    cwd_weight: float = Field(1.0, ge=0)
+    val_seed: Seed = 0
+    kd_weight: float = Field(1.0, ge=0, le=1e6)
+    kd_temperature: float = Field(2.0, gt=0, le=1e3)
+    cwd_weight: float = Field(1.0, ge=0, le=1e6)
     # Stop each fine-tuning after this many steps (smoke tests); None = whole epochs.
-    max_steps_per_step: Optional[int] = Field(None, ge=1)
+    max_steps_per_step: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
     device: str = "auto"
 
 
 def settings_from(**values) -> CompressSettings:
     settings = parse_options(CompressSettings, values)
-    for name in ("size", "mac_size"):
-        if getattr(settings, name) % INPUT_MULTIPLE:
-            raise UserError(f"--{name.replace('_', '-')} must be a multiple of {INPUT_MULTIPLE}, got {getattr(settings, name)}")
+    resolve_device(settings.device)
     return settings
 
 
@@ -152,10 +152,11 @@ def compress_to_file(
     partial = out.with_name(out.name + ".partial")
     config_out = config_path(out)
     for path in (out, config_out):
-        if path.exists():
-            raise UserError(f"{path}: already exists; choose another --out")
+        check_output_file(path)
     if partial.exists() and not resume:
         raise UserError(f"{partial}: an unfinished compression; pass --resume to continue it or choose another --out")
+    if resume and not partial.exists():
+        raise UserError(f"{partial}: nothing to resume; leave out --resume to start a new compression")
     model, record = load_model_file(model_path)
     preprocessing = record["preprocessing"]
     source_config = record["config_object"]
@@ -175,12 +176,20 @@ def compress_to_file(
 
     rows, histories = [], []
     if resume and partial.exists():
-        state = torch.load(partial, map_location="cpu", weights_only=True)
-        if state.get("settings") != settings.model_dump() or state.get("source") != record["arch_id"]:
-            raise UserError(f"{partial}: was written for another model or other settings; resume with the same ones")
-        model = build_model(config_from_dict(state["config"], f"{partial} (config)"))
-        model.load_state_dict(state["state_dict"])
-        rows, histories = list(state["rows"]), list(state["histories"])
+        state = load_state_file(partial, "partial compression")
+        if state.get("source") != record["arch_id"]:
+            raise UserError(f"{partial}: was written for another model; resume with the same MODEL")
+        stored = state.get("settings") if isinstance(state.get("settings"), dict) else {}
+        differ = [f"{k} {stored.get(k)!r} (now {v!r})" for k, v in settings.model_dump().items() if stored.get(k) != v]
+        if differ:
+            raise UserError(f"{partial}: was written with other settings: {', '.join(differ)}; resume with the same ones")
+        try:
+            model = build_model(config_from_dict(state["config"], f"{partial} (config)"))
+            check_finite_state(state["state_dict"], str(partial))
+            model.load_state_dict(state["state_dict"])
+            rows, histories = list(state["rows"]), list(state["histories"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise UserError(f"{partial}: a damaged partial compression ({error.__class__.__name__}); delete it to start again") from None
         for row in rows:
             on_row(row)
     else:
@@ -193,7 +202,11 @@ def compress_to_file(
         started = time.perf_counter()
         model = prune.prune_to(model.cpu(), targets[step - 1], settings.metric, settings.mac_size)
         fine_tune = _fine_tune_settings(settings, preprocessing, step)
-        history = fit(model, train_data, val_data, fine_tune, preprocessing, progress=progress, extra_loss=distiller)
+        try:
+            history = fit(model, train_data, val_data, fine_tune, preprocessing, progress=progress, extra_loss=distiller)
+        except FloatingPointError as error:
+            kept = f"; the finished steps are kept in {partial}" if partial.exists() else ""
+            raise UserError(f"fine-tuning of step {step} diverged: {error}{kept}; no model file written (try a lower --lr)") from None
         metrics = evaluate(model, val_data, preprocessing, device=device)
         rows.append(_row(step, model.cpu(), metrics, settings, time.perf_counter() - started, targets[step - 1]))
         histories.append(history)

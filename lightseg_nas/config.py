@@ -245,6 +245,9 @@ def config_from_dict(data: object, source: str = "config") -> C3NetConfig | SINe
     """Validate a plain dict into a network config, or raise UserError with one line."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    from lightseg_nas.checks import reject_bools
+
+    reject_bools(data, {"information_blocking"}, f"{source}: ")
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise UserError(f"{source}: schema_version {version!r} is not supported (this version reads {SCHEMA_VERSION})")
@@ -263,6 +266,8 @@ def config_from_json(text: str, source: str = "config") -> C3NetConfig | SINetCo
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{source}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be a network config") from None
     return config_from_dict(data, source)
 
 

@@ -6,24 +6,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageFilter
 
+from lightseg_nas.checks import check_finite_number, check_output_dir, check_output_file, check_size
 from lightseg_nas.data import load_split
+from lightseg_nas.data.images import display_size, read_photo
 from lightseg_nas.data.transforms import get_preprocessing, normalize
 from lightseg_nas.errors import UserError
-from lightseg_nas.metrics import predict_foreground
 from lightseg_nas.modelfile import atomic_write, load_model_file
-from lightseg_nas.models import INPUT_MULTIPLE, build_model
+from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset, load_released_weights
 
-__all__ = ["load_network", "evaluate_network", "predict_images", "export_onnx_checked"]
+__all__ = ["load_network", "recorded_size", "evaluate_network", "predict_images", "export_onnx_checked"]
 
 
 def load_network(checkpoint: str | Path | None = None, preset: str | None = None, weights: str | Path | None = None):
     """(model in eval mode, preprocessing, record or None) from a model file or a preset + weights."""
     if (checkpoint is None) == (preset is None):
-        raise UserError("give either --checkpoint MODEL.pt or --preset NAME --weights FILE.pth")
+        raise UserError("give either a model file (MODEL.pt) or --preset NAME --weights FILE.pth")
     if checkpoint is not None:
         model, record = load_model_file(checkpoint)
         return model.eval(), record["preprocessing"], record
@@ -33,54 +33,94 @@ def load_network(checkpoint: str | Path | None = None, preset: str | None = None
     return model.eval(), get_preprocessing("released"), None
 
 
+def recorded_size(record: dict | None, default: int = 224) -> tuple[int, str]:
+    """The input size a model file was trained (or fine-tuned) at, and where it came from."""
+    for section, key in (("metrics", "val_size"), ("training", "size")):
+        value = ((record or {}).get(section) or {}).get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return check_size(value), "the model file's training size"
+            except UserError:
+                pass
+    return default, "the default"
+
+
 def evaluate_network(
     model, preprocessing: dict, data_spec: str, split: str, size: int, val_fraction: float, val_seed: int, progress: bool = True
 ) -> dict:
     from lightseg_nas.train import evaluate
 
-    if size % INPUT_MULTIPLE:
-        raise UserError(f"--size must be a multiple of {INPUT_MULTIPLE}, got {size}")
+    check_size(size, "--size")
     data = load_split(data_spec, split, size, val_fraction, val_seed, progress=progress)
     metrics = evaluate(model, data, preprocessing)
     return {**metrics, "size": size, "split": split, "data": data.description, "synthetic": data.synthetic}
 
 
-def _read_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such image") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"{path}: unreadable image ({error.__class__.__name__})") from None
+def _output_names(images: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(mask, preview) paths of each image; refused if two images would share a name or an
+    output would replace one of the inputs."""
+    names, seen = [], {}
+    for path in images:
+        pair = (out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_preview.jpg")
+        if path.stem in seen:
+            raise UserError(f"{seen[path.stem]} and {path} would both write {pair[0].name}; predict them into different --out folders")
+        seen[path.stem] = path
+        names.append(pair)
+    inputs = {p.resolve() for p in images}
+    for pair in names:
+        for output in pair:
+            if output.resolve() in inputs:
+                raise UserError(f"{output}: is one of the input images; choose another --out")
+    return names
+
+
+# The preview is written at most this long on its longer side; the mask is at full size.
+PREVIEW_LONGEST = 2048
 
 
 @torch.no_grad()
 def predict_images(model, preprocessing: dict, images: list[Path], out_dir: Path, size: int = 224, preview: str = "blur") -> list[Path]:
-    """For each image: NAME_mask.png (0/255 at the image's own size) and NAME_preview.jpg
-    (background blurred, or replaced by flat grey with ``preview='replace'``)."""
+    """For each image: NAME_mask.png (0/255 at the image's own displayed size, EXIF
+    orientation applied) and NAME_preview.jpg (background blurred, or replaced by flat grey
+    with ``preview='replace'``; at most PREVIEW_LONGEST pixels on its longer side)."""
     if preview not in ("blur", "replace"):
         raise UserError(f"--preview must be blur or replace, got {preview!r}")
-    pictures = [(Path(p), _read_image(Path(p))) for p in images]  # all readable before writing anything
+    check_size(size, "--size")
+    images = [Path(p) for p in images]
+    check_output_dir(out_dir)
+    outputs = _output_names(images, out_dir)
+    sizes = [display_size(path) for path in images]  # every image readable before anything is written
     written = []
-    for path, picture in pictures:
+    for path, (width, height), (mask_path, preview_path) in zip(images, sizes, outputs):
+        picture = read_photo(path, longest=max(size, PREVIEW_LONGEST), upright=True)
         x = torch.from_numpy(np.array(picture.resize((size, size), Image.BILINEAR))).permute(2, 0, 1)[None]
         logits = model(normalize(x, preprocessing))
-        logits = F.interpolate(logits, size=(picture.height, picture.width), mode="bilinear", align_corners=False)
-        mask = predict_foreground(logits)[0].numpy()
-        rgb = np.asarray(picture).astype(np.float32)
+        if not torch.isfinite(logits).all():
+            raise UserError(f"{path}: the network's output is not finite; nothing written for it")
+        # foreground probability at the network's size, resized with PIL (uint8) to the photo's
+        probability = _foreground_probability(logits)[0]
+        small = Image.fromarray((probability.numpy() * 255).round().astype(np.uint8))
+        mask = small.resize((width, height), Image.BILINEAR).point(lambda v: 255 if v >= 128 else 0)
+        if max(picture.size) > PREVIEW_LONGEST:
+            scale = PREVIEW_LONGEST / max(picture.size)
+            picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.BILINEAR)
+        preview_mask = mask.resize(picture.size, Image.NEAREST)
         if preview == "blur":
-            background = np.asarray(picture.filter(ImageFilter.GaussianBlur(max(4, picture.width // 40)))).astype(np.float32)
+            background = picture.filter(ImageFilter.GaussianBlur(max(4, picture.width // 40)))
         else:
-            background = np.full_like(rgb, 128.0)
-        composite = np.where(mask[..., None], rgb, background).astype(np.uint8)
-        mask_path = out_dir / f"{path.stem}_mask.png"
-        preview_path = out_dir / f"{path.stem}_preview.jpg"
-        atomic_write(mask_path, lambda p: Image.fromarray((mask * 255).astype(np.uint8)).save(p, format="PNG"))
-        atomic_write(preview_path, lambda p: Image.fromarray(composite).save(p, format="JPEG", quality=90))
+            background = Image.new("RGB", picture.size, (128, 128, 128))
+        composite = Image.composite(picture, background, preview_mask)
+        atomic_write(mask_path, lambda p: mask.save(p, format="PNG"))
+        atomic_write(preview_path, lambda p: composite.save(p, format="JPEG", quality=90))
         written += [mask_path, preview_path]
     return written
+
+
+def _foreground_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) foreground probability: sigmoid of one logit, softmax of two."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]
 
 
 def export_onnx_checked(model, out: Path, size: int = 224, tolerance: float = 1e-4) -> float:
@@ -90,11 +130,14 @@ def export_onnx_checked(model, out: Path, size: int = 224, tolerance: float = 1e
 
     from lightseg_nas.cost import export_onnx
 
-    if size % INPUT_MULTIPLE:
-        raise UserError(f"--size must be a multiple of {INPUT_MULTIPLE}, got {size}")
+    check_size(size, "--size")
+    check_finite_number(tolerance, "--tolerance", minimum=0)
+    check_output_file(out, overwrite=True)
     example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(example).numpy()
+    if not np.isfinite(expected).all():
+        raise UserError("the network's output is not finite on a test input; not exported")
     difference = {}
 
     def write(path: Path) -> None:
@@ -102,7 +145,7 @@ def export_onnx_checked(model, out: Path, size: int = 224, tolerance: float = 1e
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
         difference["max"] = float(np.abs(got - expected).max())
-        if difference["max"] > tolerance:
+        if not difference["max"] <= tolerance:  # nan never passes
             raise UserError(f"{out}: ONNX Runtime differs from PyTorch by {difference['max']:.2e} (> {tolerance:g}); not written")
 
     atomic_write(out, write)

@@ -13,8 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import torch
+from typing import Annotated, Literal
 
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lightseg_nas.checks import check_finite_state
 from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.errors import UserError
 from lightseg_nas.models import build_model
@@ -58,6 +62,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def make_record(config, model: torch.nn.Module, preprocessing: dict, **extra) -> dict:
+    """The model file's content; refused if any weight is nan or inf (never written)."""
+    check_finite_state(model.state_dict(), "the network to save")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -92,13 +98,47 @@ def load_record(path: str | Path) -> dict:
     for key in ("config", "state_dict", "preprocessing"):
         if key not in record:
             raise UserError(f"{path}: model file lacks {key!r}")
+    _check_fields(path, record)
     return record
+
+
+class _Preprocessing(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    channel_order: Literal["rgb", "bgr"]
+    mean: tuple[Annotated[float, Field(ge=-1e4, le=1e4)], Annotated[float, Field(ge=-1e4, le=1e4)], Annotated[float, Field(ge=-1e4, le=1e4)]]
+    std: tuple[Annotated[float, Field(gt=1e-6, le=1e4)], Annotated[float, Field(gt=1e-6, le=1e4)], Annotated[float, Field(gt=1e-6, le=1e4)]]
+    scale: Annotated[float, Field(gt=0, le=1e4)]
+
+
+def _check_fields(path: Path, record: dict) -> None:
+    """The fields that commands read have the types they need (a tampered or foreign file
+    ends in one line here, not in a traceback later)."""
+    try:
+        _Preprocessing.model_validate(record["preprocessing"])
+    except ValidationError as error:
+        item = error.errors()[0]
+        where = ".".join(map(str, item["loc"]))
+        raise UserError(f"{path}: preprocessing{'.' + where if where else ''}: {item['msg']}") from None
+    if not isinstance(record["state_dict"], dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in record["state_dict"].items()):
+        raise UserError(f"{path}: state_dict is not a mapping of names to tensors")
+    for key in ("training", "metrics", "data", "compress"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            raise UserError(f"{path}: {key} must be a mapping, got {type(record[key]).__name__}")
+    training = record.get("training") or {}
+    for key in ("size", "val_seed"):
+        value = training.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"{path}: training.{key} must be an integer, got {value!r}")
+    fraction = training.get("val_fraction")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1):
+        raise UserError(f"{path}: training.val_fraction must be a number in (0, 1), got {fraction!r}")
 
 
 def load_model_file(path: str | Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild the network from the file's own config and load its weights strictly."""
     record = load_record(path)
     config = config_from_dict(record["config"], f"{path} (config)")
+    check_finite_state(record["state_dict"], str(path))
     model = build_model(config)
     try:
         model.load_state_dict(record["state_dict"], strict=True)

@@ -165,5 +165,8 @@ def load_released_weights(model: torch.nn.Module, name: str, path: str | Path) -
     for key, value in converted.items():
         if own[key].shape != value.shape:
             raise UserError(f"{path}: {key} has shape {tuple(value.shape)}, preset {name!r} needs {tuple(own[key].shape)}")
+    from lightseg_nas.checks import check_finite_state
+
+    check_finite_state(converted, str(path))
     model.load_state_dict(converted, strict=True)
     return model

@@ -1,7 +1,7 @@
 """Structured channel pruning of our networks, with Torch-Pruning's DepGraph as the engine.
 
 Out of the box, Torch-Pruning's automatic groups go wrong on both published networks (see
-ARCHITECTURES.md): the pooled input image has no layer upstream to say it carries 3
+docs/networks.md): the pooled input image has no layer upstream to say it carries 3
 channels, and a residual stage whose blocks concatenate branches of different widths, some
 read by grouped convolutions, splits into per-slice groups whose indices leave the grouped
 convs uneven. Here the network names its own *axes* instead: every channel dimension that

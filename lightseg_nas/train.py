@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lightseg_nas.checks import InputSize, Seed, check_finite_state, check_output_dir, folder_lock, load_state_file, non_finite_tensors
 from lightseg_nas.data import SegmentationData, load_split
 from lightseg_nas.data.transforms import augment, get_preprocessing, normalize
 from lightseg_nas.errors import UserError
@@ -28,26 +29,27 @@ __all__ = ["TrainSettings", "parse_options", "settings_from", "fit", "evaluate",
 
 
 class TrainSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: a learning rate of inf or nan is refused, not trained with
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(5e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Field(30, ge=1, le=100_000, strict=True)
+    batch_size: int = Field(16, ge=1, le=4096, strict=True)
+    lr: float = Field(5e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=10)
     # Per-step learning-rate schedule after a linear warm-up over the first epoch's steps.
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     # Train and validate at size x size (a multiple of 32).
-    size: int = Field(224, ge=INPUT_MULTIPLE)
-    seed: int = 0
+    size: InputSize = 224
+    seed: Seed = 0
     augment: bool = True
     # Fraction of the training list held out for validation, and the seed that picks it.
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    val_seed: int = 0
+    val_seed: Seed = 0
     # Epochs (out of ``epochs``) spent first on the encoder's own output, as in the papers.
-    encoder_epochs: int = Field(0, ge=0)
+    encoder_epochs: int = Field(0, ge=0, le=100_000, strict=True)
     preprocessing: Literal["default", "released"] = "default"
     # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
-    max_steps: Optional[int] = Field(None, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
     device: str = "auto"
 
 
@@ -62,8 +64,7 @@ def parse_options(model_class: type[BaseModel], values: dict) -> BaseModel:
 
 def settings_from(**values) -> TrainSettings:
     settings = parse_options(TrainSettings, values)
-    if settings.size % INPUT_MULTIPLE:
-        raise UserError(f"--size must be a multiple of {INPUT_MULTIPLE}, got {settings.size}")
+    resolve_device(settings.device)
     if settings.encoder_epochs >= settings.epochs:
         raise UserError(f"--encoder-epochs ({settings.encoder_epochs}) must be fewer than --epochs ({settings.epochs})")
     return settings
@@ -76,6 +77,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device: unknown device {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: {name!r} cannot train or run networks here; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available")
     return device
@@ -157,13 +160,16 @@ def fit(
     history: list[dict] = []
     start_epoch = 0
     if resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state.get("settings") != settings.model_dump():
-            raise UserError(f"{checkpoint}: was written with other training settings; resume with the same ones")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = list(state["history"])
+        state = load_state_file(checkpoint, "checkpoint")
+        _check_same_settings(checkpoint, state.get("settings"), settings)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history = list(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise UserError(f"{checkpoint}: a damaged checkpoint ({error.__class__.__name__}); delete it to start again") from None
+        model.to(device)
         start_epoch = len(history)
 
     step = start_epoch * steps_per_epoch
@@ -192,6 +198,9 @@ def fit(
             step += 1
         if batches == 0:
             break
+        bad = non_finite_tensors(model.state_dict())
+        if bad:
+            raise FloatingPointError(f"weights became non-finite ({bad[0]}) in epoch {epoch + 1}")
         metrics = evaluate(model, val_data, preprocessing, device=device)
         row = {"epoch": epoch + 1, "loss": total_loss / batches, "seconds": time.perf_counter() - started, "stage": "encoder" if encoder_only else "full", **{f"val_{k}": v for k, v in metrics.items()}}
         history.append(row)
@@ -210,6 +219,20 @@ def fit(
     return history
 
 
+def _check_same_settings(path: Path, stored, settings: TrainSettings) -> None:
+    if not isinstance(stored, dict):
+        raise UserError(f"{path}: a damaged checkpoint (no settings); delete it to start again")
+    current = settings.model_dump()
+    differ = [f"{key} {stored.get(key)!r} (now {current[key]!r})" for key in current if stored.get(key) != current[key]]
+    if differ:
+        raise UserError(f"{path}: was written with other training settings: {', '.join(differ)}; resume with the same ones")
+
+
+def diverged_message(error: FloatingPointError, checkpoint: Optional[Path]) -> str:
+    kept = f"; the last good checkpoint is kept in {checkpoint}" if checkpoint is not None and checkpoint.exists() else ""
+    return f"training diverged: {error}{kept}; no model file written (try a lower learning rate)"
+
+
 def train_to_file(
     config,
     data_spec: str,
@@ -224,21 +247,37 @@ def train_to_file(
     ``out_dir/checkpoint.pt`` holds the resumable state; ``out_dir/model.pt`` is written
     (atomically) only when training ends.
     """
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(Path(out_dir))
     checkpoint = out_dir / "checkpoint.pt"
     if (out_dir / "model.pt").exists() and not checkpoint.exists():
         raise UserError(f"{out_dir}: already holds a finished model.pt; choose another --out")
     if checkpoint.exists() and not resume:
         raise UserError(f"{out_dir}: holds an unfinished run; pass --resume to continue it or choose another --out")
+    if resume and not checkpoint.exists():
+        raise UserError(f"{out_dir}: nothing to resume (no checkpoint.pt); leave out --resume to start a new run")
     preprocessing = get_preprocessing(settings.preprocessing)
     resolve_device(settings.device)
+    if resume:
+        _check_same_settings(checkpoint, load_state_file(checkpoint, "checkpoint").get("settings"), settings)
     train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
     val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
+    # The folder is locked only once the inputs are known good (a refused run leaves nothing).
+    with folder_lock(out_dir, "training run"):
+        if (out_dir / "model.pt").exists() or (checkpoint.exists() and not resume):  # another run got here first
+            raise UserError(f"{out_dir}: another run wrote here meanwhile; choose another --out")
+        return _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data)
+
+
+def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data) -> dict:
     torch.manual_seed(settings.seed)
     model = build_model(config)
     if init_state is not None:
         model.load_state_dict(init_state)
-    history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress)
+    try:
+        history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress)
+    except FloatingPointError as error:
+        raise UserError(diverged_message(error, checkpoint)) from None
+    check_finite_state(model.state_dict(), "the trained network")
     record = make_record(
         config,
         model.cpu(),

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from lightseg_nas.data.images import read_mask, read_photo
 from lightseg_nas.errors import UserError
 
 CARVED_SPLITS = ("train", "val")
@@ -46,7 +47,14 @@ def _read_list(root: Path, split: str) -> list[str]:
     if not path.is_file():
         known = sorted(p.stem.removeprefix("eg1800_") for p in root.glob("eg1800_*.txt"))
         raise UserError(f"{path}: no such split list (lists here: {', '.join(known) or 'none'})")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {error.start})") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the split list ({error.__class__.__name__})") from None
+    # a name listed twice is one image (scored once, trained once per epoch)
+    names = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
     if not names:
         raise UserError(f"{path}: the split is empty")
     return names
@@ -56,6 +64,7 @@ def _samples(root: Path, names: list[str]) -> list[Sample]:
     layout = _layout(root)
     samples = []
     for name in names:
+        _check_name(root, name)
         stem = Path(name).stem
         if layout == "extportraitseg":
             image, mask = root / "images_data_crop" / f"{stem}.jpg", root / "GT_png" / f"{stem}_mask.png"
@@ -67,6 +76,14 @@ def _samples(root: Path, names: list[str]) -> list[Sample]:
             raise UserError(f"{mask}: mask missing for image {image}")
         samples.append(Sample(stem, image, mask))
     return samples
+
+
+def _check_name(root: Path, name: str) -> None:
+    """A list entry names a file inside the dataset folder: no absolute paths, no '..',
+    no folders, nothing that a symlink-free resolution puts outside ``root``."""
+    candidate = Path(name)
+    if candidate.is_absolute() or ".." in candidate.parts or len(candidate.parts) != 1 or "\x00" in name:
+        raise UserError(f"{root}: list entry {name!r} is not a plain file name inside the dataset folder")
 
 
 def split_names(root: Path, split: str, val_fraction: float, val_seed: int) -> list[str]:
@@ -89,18 +106,8 @@ def split_names(root: Path, split: str, val_fraction: float, val_seed: int) -> l
 
 
 def _load_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with Image.open(sample.image) as img:
-            img.load()
-            image = img.convert("RGB")  # grayscale photos become 3-channel
-    except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"{sample.image}: unreadable image ({error.__class__.__name__})") from None
-    try:
-        with Image.open(sample.mask) as m:
-            m.load()
-            mask = np.asarray(m.convert("L") if m.mode not in ("L", "P", "1", "I", "I;16") else m)
-    except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"{sample.mask}: unreadable mask ({error.__class__.__name__})") from None
+    image = read_photo(sample.image)  # grayscale and 16-bit photos become 8-bit RGB
+    mask = read_mask(sample.mask)
     if mask.shape != (image.height, image.width):
         raise UserError(
             f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.width}x{image.height}"

@@ -10,20 +10,35 @@ resolution, and its accuracy is not comparable.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
-from lightseg_nas.modelfile import atomic_write, atomic_write_text
 from lightseg_nas.search.fidelity import non_dominated_ranks
 from lightseg_nas.search.proxies import PROXIES
 from lightseg_nas.search.study_file import COST_ATTRS as COST_COLUMNS  # objective -> trials.csv column
 
 COST_LABELS = {"params": "parameters", "macs": "MACs (fvcore)", "latency": "latency ratio to the reference preset"}
+
+
+TRIAL_COLUMNS = [
+    "number", "state", "arch_id", "baseline", "val_fg_iou", "params", "macs", "latency_ratio", "latency_ms", "fidelity",
+    "epochs", "full_fidelity", "duplicate_of", "infeasible", "reason", "train_seconds", "seed", "code_version",
+    "datetime_complete", *[f"proxy_{name}" for name in PROXIES],
+]
+
+
+def front_size(study: optuna.Study) -> int:
+    """Members of the full-fidelity Pareto front: the one definition the progress bar and
+    the report share."""
+    return int(trials_dataframe(study).on_front.sum())
 
 
 def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
@@ -56,10 +71,10 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
         for name in PROXIES:
             row[f"proxy_{name}"] = attrs.get(f"proxy_{name}")
         rows.append(row)
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    frame["on_front"] = False
     if frame.empty:
         return frame
-    frame["on_front"] = False
     objectives = study.user_attrs.get("objectives", ["val_fg_iou", "params"])[1:]
     eligible = frame[(frame.state == "COMPLETE") & frame.full_fidelity & frame.duplicate_of.isna()]
     if len(eligible):
@@ -157,14 +172,19 @@ def proxy_correlations(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFrame, png_note: str, figures: list[str]) -> str:
     objectives = study.user_attrs.get("objectives", [])
-    counts = frame.state.value_counts().to_dict()
+    counts = frame.state.value_counts().to_dict() if len(frame) else {}
     front = frame[frame.on_front].sort_values("params")
     columns = ["number", "arch_id", "val_fg_iou", "params", "macs", "latency_ratio", "epochs", "baseline"]
     table = front[[c for c in columns if c in front and front[c].notna().any()]].copy()
-    table["val_fg_iou"] = (100 * table.val_fg_iou).round(2)
     baselines = frame[frame.baseline.notna()][[c for c in columns if c in frame and frame[c].notna().any()]].copy()
-    baselines["val_fg_iou"] = (100 * baselines.val_fg_iou).round(2)
-    table["baseline"] = table.baseline.fillna("") if "baseline" in table else ""
+    # trials.csv and --json hold fractions; the tables here show percentages, and say so
+    for part in (table, baselines):
+        if "val_fg_iou" in part:
+            part["val_fg_iou"] = (100 * part.val_fg_iou.astype(float)).round(2)
+    table = table.rename(columns={"val_fg_iou": "val fg IoU (%)"})
+    baselines = baselines.rename(columns={"val_fg_iou": "val fg IoU (%)"})
+    if "baseline" in table:
+        table["baseline"] = table.baseline.fillna("")
     lines = [
         f"# Study `{study.study_name}`",
         "",
@@ -174,6 +194,11 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFram
         f"{int(frame.infeasible.sum())} over budget (not trained), {int(frame.duplicate_of.notna().sum())} duplicates (not trained again), "
         f"{int((frame.state == 'COMPLETE').sum() - frame.full_fidelity.sum())} stopped at a lower rung.",
         "",
+        *([
+            "**No trial has completed yet** (all over budget, failed or still running): there is nothing to plot. "
+            "The table of trials and their reasons is in trials.csv.",
+            "",
+        ] if not (frame.state == "COMPLETE").any() else []),
         "## Pareto front (complete, full-fidelity trials)",
         "",
         table.to_markdown(index=False) if len(table) else "(no full-fidelity trial yet)",
@@ -206,31 +231,70 @@ def _png_available() -> str:
     return ""
 
 
-def write_report(study: optuna.Study, out: Path, png: bool = True) -> list[Path]:
-    """Write the report folder; return the files written."""
+class Report(list):
+    """The files written (a list), and ``note``: a line for the terminal (PNG skipped, ...)."""
+
+    note: str = ""
+
+
+def write_report(study: optuna.Study, out: Path, png: bool = True) -> Report:
+    """Write the report folder as a whole: built beside it, then swapped in, so a reader
+    never sees old and new files mixed and a failure leaves the old report as it was."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     frame = trials_dataframe(study)
-    if frame.empty:
+    objectives = study.user_attrs.get("objectives", ["val_fg_iou", "params"])
+    completed = frame[frame.state == "COMPLETE"]
+    figures = {f"pareto_{cost}": pareto_figure(frame, cost) for cost in COST_COLUMNS if completed[COST_COLUMNS[cost]].notna().any()}
+    history = hypervolume_history(frame, objectives)
+    if len(completed):
+        figures["hypervolume"] = hypervolume_figure(history)
+    png_note = (_png_available() if png else "PNG export not asked for (--no-png).") if figures else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        names = []
+        if figures:
+            # plotly.js once, beside the HTML files: the report works offline
+            (staging / "plotly.min.js").write_text(get_plotlyjs())
+            names.append("plotly.min.js")
+        for name, figure in figures.items():
+            (staging / f"{name}.html").write_text(figure.to_html(include_plotlyjs="plotly.min.js"))
+            names.append(f"{name}.html")
+            if not png_note:
+                try:
+                    (staging / f"{name}.png").write_bytes(figure.to_image(format="png", width=900, height=600))
+                    names.append(f"{name}.png")
+                except Exception as error:  # a browser that fails to start: keep the HTML, say why
+                    png_note = f"PNG export failed ({error.__class__.__name__}: {str(error)[:120]}); the HTML files are complete."
+        correlations = proxy_correlations(frame)
+        frame.to_csv(staging / "trials.csv", index=False)
+        history.to_csv(staging / "hypervolume.csv", index=False)
+        (staging / "summary.md").write_text(_summary(study, frame, correlations, png_note, list(figures)))
+        (staging / "front.json").write_text(json.dumps(frame[frame.on_front].number.tolist()) + "\n")
+        names += ["trials.csv", "hypervolume.csv", "summary.md", "front.json"]
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report = Report(out / name for name in names)
+    report.note = png_note
+    return report
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace the folder ``out`` by ``staging`` with two renames (the old one is removed last)."""
+    if out.exists() and not out.is_dir():
         from lightseg_nas.errors import UserError
 
-        raise UserError(f"study {study.study_name!r} has no trials yet; run lightseg-nas search first")
-    objectives = study.user_attrs.get("objectives", ["val_fg_iou", "params"])
-    figures = {f"pareto_{cost}": pareto_figure(frame, cost) for cost in COST_COLUMNS if frame[COST_COLUMNS[cost]].notna().any()}
-    history = hypervolume_history(frame, objectives)
-    figures["hypervolume"] = hypervolume_figure(history)
-    png_note = _png_available() if png else "PNG export not asked for (--no-png)."
-    written = []
-    for name, figure in figures.items():
-        written.append(atomic_write(out / f"{name}.html", lambda p: p.write_text(figure.to_html(include_plotlyjs="cdn"))))
-        if not png_note:
-            try:
-                written.append(atomic_write(out / f"{name}.png", lambda p: p.write_bytes(figure.to_image(format="png", width=900, height=600))))
-            except Exception as error:  # a browser that fails to start: keep the HTML, say why
-                png_note = f"PNG export failed ({error.__class__.__name__}: {str(error)[:120]}); the HTML files are complete."
-    correlations = proxy_correlations(frame)
-    written.append(atomic_write(out / "trials.csv", lambda p: frame.to_csv(p, index=False)))
-    written.append(atomic_write(out / "hypervolume.csv", lambda p: history.to_csv(p, index=False)))
-    written.append(atomic_write_text(out / "summary.md", _summary(study, frame, correlations, png_note, list(figures))))
-    written.append(atomic_write_text(out / "front.json", json.dumps(frame[frame.on_front].number.tolist()) + "\n"))
-    return written
+        raise UserError(f"{out}: is a file, not a report folder")
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -6,9 +6,7 @@ study in the same storage; SQLite for one machine, PostgreSQL for many.
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import fcntl
 import threading
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ import search_spaces
 from lightseg_nas.errors import UserError
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search.objective import FINISHED, Objective
+from lightseg_nas.search.storage import fail_dead_trials, make_storage, redact, sqlite_lock, sqlite_path
 from lightseg_nas.search.study_file import StudyFile
 
 
@@ -53,36 +52,20 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise UserError(f"unknown sampler {name!r}; known: gp, nsga2, random, tpe")
 
 
-def make_storage(url: str, heartbeat_s: int = 30, grace_s: int = 120) -> optuna.storages.BaseStorage:
-    if url == "memory":
-        return optuna.storages.InMemoryStorage()
-    try:
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        # Heartbeats let a crashed worker's trial be detected as stale and retried.
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=heartbeat_s,
-            grace_period=grace_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
-    except Exception as error:  # sqlalchemy raises several types for a bad or unreachable URL
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else error.__class__.__name__
-        raise UserError(f"storage {url!r} cannot be opened: {first}") from None
-
-
 def open_study(study_file: StudyFile, storage: str | None = None, study_name: str | None = None, sampler_seed_offset: int = 0, create: bool = True) -> optuna.Study:
     url = study_file.storage_url(storage)
     name = study_name or study_file.study.name
     directions = ["maximize"] + ["minimize"] * len(study_file.objectives.minimize)
-    if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        raise UserError(f"no study {name!r}: {url[len('sqlite:///'):]} does not exist (run lightseg-nas search first)")
+    database = sqlite_path(url)
+    if not create and database is not None and not database.exists():
+        raise UserError(f"no study {name!r}: {database} does not exist (run lightseg-nas search first)")
     backend = make_storage(url, study_file.study.heartbeat_s, study_file.study.grace_s)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(backend, include_best_trial=False)}
     if name in existing:
         if [d.name.lower() for d in existing[name].directions] != directions:
-            raise UserError(f"study {name!r} in {url} has other objectives; use another --study-name or storage")
+            raise UserError(f"study {name!r} in {redact(url)} has other objectives; use another --study-name or storage")
     elif not create:
-        raise UserError(f"no study {name!r} in {url}")
+        raise UserError(f"no study {name!r} in {redact(url)}")
     # Each (re)start draws new random numbers: a resumed study does not replay the
     # random start-up points it already evaluated.
     finished = 0
@@ -109,29 +92,6 @@ def _enqueue_baselines(study: optuna.Study, study_file: StudyFile) -> None:
     for name in names:
         config = get_preset(name).model_copy(update={"num_classes": study_file.study.num_classes})
         study.enqueue_trial(search_spaces.encode(space, config), user_attrs={"baseline": name})
-
-
-@contextlib.contextmanager
-def sqlite_lock(url: str):
-    """One process at a time on a SQLite study: several writers on one SQLite file lock
-    each other out under load. Several workers share a study through PostgreSQL."""
-    if not url.startswith("sqlite:///"):
-        yield
-        return
-    path = Path(url[len("sqlite:///"):])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"another search is running on {path}; SQLite serves one worker at a time: "
-                "for several workers use PostgreSQL (--storage postgresql://USER@HOST/DB)"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -168,6 +128,9 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu
 
     STOP.clear()
     study = open_study(study_file, storage, study_name, sampler_seed_offset=worker)
+    if sqlite_path(study_file.storage_url(storage)) is not None:
+        # we hold the SQLite lock: a trial still RUNNING belongs to a worker that died
+        fail_dead_trials(study)
     objective = Objective(study_file, target)
     started = time.monotonic()
     cpu_started = time.process_time()
@@ -180,7 +143,9 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu
         if trial.state == TrialState.FAIL and not trial.user_attrs.get("reason", "").startswith("surplus"):
             failures.append(trial.number)
         bar.n = min(finished_count(study), target)
-        postfix = {"front": len(study.best_trials), "last": trial.state.name.lower()}
+        from lightseg_nas.search.report import front_size
+
+        postfix = {"front": front_size(study), "last": trial.state.name.lower()}
         if timeout:
             postfix["left"] = f"{max(0, timeout - (time.monotonic() - started)):.0f}s"
         bar.set_postfix(postfix)
@@ -230,6 +195,7 @@ def run_workers(
     storage: str | None = None,
     study_name: str | None = None,
     progress: bool = True,
+    threads: int | None = None,
 ) -> optuna.Study:
     """``workers`` processes on this machine, one study in a shared (PostgreSQL) storage.
 
@@ -241,11 +207,14 @@ def run_workers(
     from tqdm import tqdm
 
     url = study_file.storage_url(storage)
-    if url.startswith("sqlite") or url == "memory":
+    if url == "memory" or sqlite_path(url) is not None:
         raise UserError("--workers needs a storage that several processes can share: use --storage postgresql://USER@HOST/DB")
     target = n_trials or study_file.study.n_trials
     study = open_study(study_file, storage, study_name)  # created once, before the workers race to create it
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    from lightseg_nas.checks import usable_cores
+
+    # --threads is per worker; by default the cores this process may use are shared out
+    threads = threads or max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_worker, args=(study_file, target, timeout, storage, study_name, index, threads))

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lightseg_nas.checks import InputSize, Seed, reject_bools
 from lightseg_nas.errors import UserError
 
 # Cost objective -> the trial attribute that holds it (latency is kept as a ratio).
@@ -20,30 +21,47 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: nan and inf are refused for every number of a study file
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _Count(default=..., low: int = 1, high: int = 1_000_000):
+    return Field(default, ge=low, le=high, strict=True)
+
+
+# A study name becomes folder and file names (NAME-report/, NAME-export/): letters, digits,
+# '.', '_' and '-', starting with a letter or digit, so it can never leave the study folder.
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class StudySection(_Section):
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=STUDY_NAME_PATTERN)
     space: str
     num_classes: Literal[1, 2] = 1
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
-    seed: int = 0
+    seed: Seed = 0
     # The search stops when the study holds this many finished (complete or pruned) trials.
-    n_trials: int = Field(20, ge=1)
-    timeout_s: Optional[float] = Field(None, gt=0)
+    n_trials: int = _Count(20)
+    timeout_s: Optional[float] = Field(None, gt=0, le=1e8)
     # Optuna storage URL; default: a SQLite file named after the study file, beside it.
     storage: Optional[str] = None
     # A worker's running trial sends a heartbeat this often; one silent for grace_s seconds
     # (its worker was killed) is marked failed and retried by the next worker to start a trial.
-    heartbeat_s: int = Field(30, ge=1)
-    grace_s: int = Field(120, ge=2)
+    heartbeat_s: int = _Count(30, 1, 86_400)
+    grace_s: int = _Count(120, 2, 864_000)
+
+    @model_validator(mode="after")
+    def _grace_exceeds_heartbeat(self) -> "StudySection":
+        # a grace at or below the heartbeat lets one worker fail another's live trial
+        if self.grace_s <= 2 * self.heartbeat_s:
+            raise ValueError(f"grace_s ({self.grace_s}) must be more than twice heartbeat_s ({self.heartbeat_s})")
+        return self
 
 
 class DataSection(_Section):
     spec: str = "synthetic"
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    val_seed: int = 0
+    val_seed: Seed = 0
 
 
 class ObjectivesSection(_Section):
@@ -60,23 +78,23 @@ class ObjectivesSection(_Section):
 
 
 class BudgetsSection(_Section):
-    max_params: Optional[int] = Field(None, ge=1)
-    max_macs: Optional[float] = Field(None, gt=0)
-    max_latency_ratio: Optional[float] = Field(None, gt=0)
+    max_params: Optional[int] = Field(None, ge=1, le=10**12, strict=True)
+    max_macs: Optional[float] = Field(None, gt=0, le=1e15)
+    max_latency_ratio: Optional[float] = Field(None, gt=0, le=1e6)
 
 
 class CostSection(_Section):
     # MACs (fvcore counter) and latency are measured at size x size, batch 1.
-    size: int = Field(224, ge=32)
-    threads: int = Field(1, ge=1)
-    repeats: int = Field(10, ge=1)
+    size: InputSize = 224
+    threads: int = _Count(1, 1, 1024)
+    repeats: int = _Count(10, 1, 100_000)
     # Latency is measured as a ratio to this preset, timed in the same run.
     reference: str = "sinet"
 
 
 class Rung(_Section):
-    size: int = Field(ge=32)
-    epochs: int = Field(ge=1)
+    size: InputSize
+    epochs: int = _Count(..., 1, 100_000)
 
 
 class FidelitySection(_Section):
@@ -85,13 +103,13 @@ class FidelitySection(_Section):
     rungs: tuple[Rung, ...] = Field(default=(Rung(size=128, epochs=3),), min_length=1)
     enabled: bool = True
     # Successive halving: about 1 / reduction_factor of the candidates at a rung go on.
-    reduction_factor: int = Field(3, ge=2)
+    reduction_factor: int = _Count(3, 2, 1000)
 
 
 class TrainingSection(_Section):
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(5e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = _Count(16, 1, 4096)
+    lr: float = Field(5e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=10)
     augment: bool = True
     device: str = "auto"
 
@@ -101,7 +119,7 @@ class ScreenSection(_Section):
     # Skip training only once the proxy's Spearman correlation with validation IoU, measured
     # on this study's trained trials, reaches this value over at least min_trials trials.
     min_correlation: float = Field(0.5, ge=-1, le=1)
-    min_trials: int = Field(8, ge=3)
+    min_trials: int = _Count(8, 3)
     # Candidates whose proxy score falls below this quantile of the scores seen are skipped.
     skip_below_quantile: float = Field(0.3, gt=0, lt=1)
 
@@ -179,7 +197,10 @@ def load_study_file(path: str | Path) -> StudyFile:
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: cannot read study file ({error.__class__.__name__})") from None
     except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path}: not valid TOML ({error})") from None
+        raise UserError(f"{path}: not valid TOML ({str(error).splitlines()[0]})") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a study file") from None
+    reject_bools(data, {"enabled", "augment"}, f"{path}: ")
     try:
         study = StudyFile.model_validate({**data, "path": path.resolve()})
     except ValidationError as error:
@@ -191,18 +212,20 @@ def load_study_file(path: str | Path) -> StudyFile:
             get_preset(name)
             if name not in search_spaces.space_presets(study.study.space):
                 raise UserError(f"{path}: baselines.presets: {name!r} is not a point of space {study.study.space!r}")
-    if study.cost.size % 32:
-        raise UserError(f"{path}: cost.size {study.cost.size} is not a multiple of 32")
-    for rung in study.fidelity.rungs:
-        if rung.size % 32:
-            raise UserError(f"{path}: fidelity.rungs: size {rung.size} is not a multiple of 32")
     _check_budgets_reachable(path, study)
     from lightseg_nas.data import parse_spec
+    from lightseg_nas.train import resolve_device
 
     try:
-        parse_spec(study.data_spec())
+        kind, options = parse_spec(study.data_spec())
     except UserError as error:
         raise UserError(f"{path}: data.spec: {error}") from None
+    if kind == "eg1800" and not Path(options["path"]).expanduser().is_dir():
+        raise UserError(f"{path}: data.spec: {options['path']}: no such dataset folder")
+    try:
+        resolve_device(study.training.device)
+    except UserError as error:
+        raise UserError(f"{path}: training.device: {error}") from None
     return study
 
 

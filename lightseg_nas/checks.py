@@ -1,0 +1,169 @@
+"""Checks shared by every command: the limits of user values, non-finite numbers, output
+paths, run-folder locks and safe loading of our own state files.
+
+Each check raises :class:`UserError` with one line that names the field or file, before any
+work is done, so that a mistake never costs a training run and never leaves a file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Iterable
+
+import torch
+from pydantic import Field
+
+from lightseg_nas.errors import UserError
+
+__all__ = [
+    "INPUT_MULTIPLE", "MAX_SIZE", "SEED_MAX", "Seed", "InputSize", "check_size", "check_finite_number",
+    "non_finite_tensors", "check_finite_state", "reject_bools", "check_output_file", "check_output_dir",
+    "folder_lock", "load_state_file", "usable_cores",
+]
+
+INPUT_MULTIPLE = 32  # the networks down-sample by 8 and pool by up to 4 more
+# Largest input side: the papers work at 224; past this a cached split of EG1800 alone needs
+# several GB, so a larger value is a typo rather than a plan.
+MAX_SIZE = 1024
+SEED_MAX = 2**32 - 1  # numpy and torch generators take 32-bit seeds
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, strict=True)]
+InputSize = Annotated[int, Field(ge=INPUT_MULTIPLE, le=MAX_SIZE, multiple_of=INPUT_MULTIPLE, strict=True)]
+
+
+def check_size(size: int, name: str = "size") -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not INPUT_MULTIPLE <= size <= MAX_SIZE or size % INPUT_MULTIPLE:
+        raise UserError(f"{name} must be a multiple of {INPUT_MULTIPLE} from {INPUT_MULTIPLE} to {MAX_SIZE}, got {size}")
+    return size
+
+
+def check_finite_number(value: float | None, name: str, minimum: float | None = None, strictly: bool = False) -> None:
+    """None passes; nan and +-inf never do; ``minimum`` bounds from below."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value}")
+    if minimum is not None and (value <= minimum if strictly else value < minimum):
+        raise UserError(f"{name} must be {'above' if strictly else 'at least'} {minimum:g}, got {value:g}")
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """Keys of floating-point tensors that hold nan or inf."""
+    return [key for key, value in state.items() if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def check_finite_state(state: dict, source: str) -> None:
+    bad = non_finite_tensors(state)
+    if bad:
+        raise UserError(f"{source}: holds non-finite weights (nan or inf in {bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); refused")
+
+
+def reject_bools(data: object, allowed: Iterable[str], where: str = "") -> None:
+    """JSON and TOML ``true``/``false`` are Python bools, which are ints: refuse them anywhere
+    but in the keys named in ``allowed`` (the boolean fields), so ``width = true`` is an error
+    rather than a width of 1."""
+    allowed = set(allowed)
+
+    def walk(value, path, key):
+        if isinstance(value, bool):
+            if key not in allowed:
+                raise UserError(f"{where}{path or '(top level)'}: expected a number or text, got a boolean ({str(value).lower()})")
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, f"{path}.{name}" if path else str(name), name)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                walk(item, f"{path}.{index}", key)
+
+    walk(data, "", None)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def _check_parent_chain(path: Path, flag: str) -> None:
+    ancestor = _existing_ancestor(path.parent if path.parent != path else path)
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {ancestor} is not writable")
+
+
+def check_output_file(path: Path, flag: str = "--out", overwrite: bool = False) -> Path:
+    """A file we are about to write: not a folder, under folders we can create and write."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: already exists; choose another {flag}")
+    _check_parent_chain(path, flag)
+    return path
+
+
+def check_output_dir(path: Path, flag: str = "--out") -> Path:
+    """A folder we are about to write into: a folder or nothing yet, creatable, writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {path}: is not writable")
+    else:
+        _check_parent_chain(path, flag)
+    return path
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str):
+    """Hold ``folder/.lock`` for the duration: a second run on the same folder is refused
+    instead of racing the first one and losing a result."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: another {what} is running in this folder; wait for it or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_state_file(path: Path, what: str) -> dict:
+    """A state file of ours (checkpoint, partial compression) loaded with weights_only=True,
+    or one line saying why not."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        text = str(error)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise UserError(f"{path}: refused: the {what} holds pickled code, not plain data (loaded with weights_only=True)") from None
+        raise UserError(f"{path}: not a readable {what} ({error.__class__.__name__}); delete it to start again") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a {what} of lightseg-nas; delete it to start again")
+    return state
+
+
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a
+    container's limit), not the machine's count that ``os.cpu_count()`` gives."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
