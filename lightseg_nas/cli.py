@@ -189,11 +189,11 @@ def measure(
         typer.echo(f"            {report['latency_ratio']:.2f}x the latency of {reference} timed in the same run")
 
 
-SizeOption = typer.Option(None, "--size", help="Input height and width, a multiple of 32 (default: the size the model was trained at; 224 for released weights).")
-ThreadsOption = typer.Option(None, "--threads", help="CPU threads (default: the cores this process may use).")
+SizeOption = typer.Option(None, "--size", help="Input height and width, a multiple of 32.", show_default="the size the model was trained at; 224 for released weights")
+ThreadsOption = typer.Option(None, "--threads", help="CPU threads.", show_default="the cores this process may use")
 DataOption = typer.Option("synthetic", "--data", help="Dataset: eg1800:PATH (either public layout) or synthetic[:count=N,seed=S].")
-ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val' (default 0.1).")
-ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images (default 0).")
+ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val'.", show_default="0.1, or the model file's")
+ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images.", show_default="0, or the model file's")
 
 
 @app.command()
@@ -204,18 +204,18 @@ def train(
     data: str = DataOption,
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt at the end, checkpoint.pt after each epoch."),
     classes: Optional[int] = ClassesOption,
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default 30)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 16)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 5e-3)."),
-    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay (default 1e-4)."),
-    schedule: Optional[Schedule] = typer.Option(None, help="Learning-rate schedule after one warm-up epoch (default cosine)."),
-    size: Optional[int] = typer.Option(None, help="Training and validation resolution (default 224)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling and augmentation (default 0)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default="30"),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default="16"),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default="5e-3"),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay.", show_default="1e-4"),
+    schedule: Optional[Schedule] = typer.Option(None, help="Learning-rate schedule after one warm-up epoch.", show_default="cosine"),
+    size: Optional[int] = typer.Option(None, help="Training and validation resolution.", show_default="224"),
+    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling and augmentation.", show_default="0"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Scale/crop, flip, rotation, colour, blur."),
     val_fraction: Optional[float] = ValFractionOption,
     val_seed: Optional[int] = ValSeedOption,
     encoder_epochs: Optional[int] = typer.Option(None, help="First epochs train the encoder's own output (papers' stage 1)."),
-    preprocessing: Optional[Preprocessing] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe); default: default."),
+    preprocessing: Optional[Preprocessing] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe).", show_default="default"),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total (smoke tests)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last epoch."),
@@ -326,20 +326,20 @@ def compress(
     target_macs: Optional[int] = typer.Option(None, "--target-macs", help="Prune until at most this many MACs (conv_only counter, at --mac-size)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this model file, or from a preset (extremec3net, sinet) with --teacher-weights."),
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Prune -> fine-tune rounds; targets fall geometrically (default 3)."),
-    epochs_per_step: Optional[int] = typer.Option(None, "--epochs-per-step", help="Fine-tuning epochs after each pruning (default 4)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Prune -> fine-tune rounds; targets fall geometrically.", show_default="3"),
+    epochs_per_step: Optional[int] = typer.Option(None, "--epochs-per-step", help="Fine-tuning epochs after each pruning.", show_default="4"),
     data: str = DataOption,
     out: Path = typer.Option(..., "--out", help="The model file to write (OUT.partial holds the finished steps meanwhile)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fine-tuning (default 5e-3, warm-up then cosine, per step)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 16)."),
-    size: Optional[int] = typer.Option(None, help="Fine-tuning and validation resolution (default 224)."),
-    mac_size: Optional[int] = typer.Option(None, help="Resolution at which MACs are counted (default 224)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of shuffling and augmentation; step k uses seed + k (default 0)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fine-tuning (warm-up then cosine, per step).", show_default="5e-3"),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default="16"),
+    size: Optional[int] = typer.Option(None, help="Fine-tuning and validation resolution.", show_default="224"),
+    mac_size: Optional[int] = typer.Option(None, help="Resolution at which MACs are counted.", show_default="224"),
+    seed: Optional[int] = typer.Option(None, help="Seed of shuffling and augmentation; step k uses seed + k.", show_default="0"),
     val_fraction: Optional[float] = ValFractionOption,
     val_seed: Optional[int] = ValSeedOption,
-    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation (default 1.0)."),
-    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature (default 2.0)."),
-    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation (default 1.0)."),
+    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation.", show_default="1.0"),
+    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature.", show_default="2.0"),
+    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation.", show_default="1.0"),
     max_steps_per_step: Optional[int] = typer.Option(None, help="Stop each fine-tuning after this many optimiser steps (smoke tests)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the steps saved in OUT.partial."),
@@ -382,8 +382,8 @@ def compress(
 
 
 StudyArgument = typer.Argument(Path("studies/quickstart.toml"), metavar="STUDY", help="A study file (TOML); see studies/.")
-StorageOption = typer.Option(None, "--storage", help="Optuna storage URL (default: a SQLite file beside the study file).")
-StudyNameOption = typer.Option(None, "--study-name", help="Study name in the storage (default: the study file's name).")
+StorageOption = typer.Option(None, "--storage", help="Optuna storage URL: sqlite:///FILE.db or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB.", show_default="a SQLite file beside the study file")
+StudyNameOption = typer.Option(None, "--study-name", help="Study name in the storage.", show_default="the study file's name")
 
 
 def _derived_folder(study_file, study_name: Optional[str], kind: str) -> Path:
@@ -409,11 +409,11 @@ def _print_report(report, folder: Path) -> None:
 @user_errors
 def search(
     study: Path = StudyArgument,
-    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Finished trials the study should hold (default: the study file's)."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Finished trials the study should hold.", show_default="the study file's"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
     storage: Optional[str] = StorageOption,
     study_name: Optional[str] = StudyNameOption,
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for this worker (default: torch's choice)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (with --workers: for each worker).", show_default="the cores this process may use, shared out among workers"),
     workers: int = typer.Option(1, "--workers", help="Worker processes on this machine sharing the study (needs --storage postgresql://...)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the report folder when the search stops."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
@@ -460,7 +460,7 @@ def report_command(
     study: Path = StudyArgument,
     storage: Optional[str] = StorageOption,
     study_name: Optional[str] = StudyNameOption,
-    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: STUDY-NAME-report beside the study file)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder.", show_default="STUDY-NAME-report beside the study file"),
     png: bool = typer.Option(True, "--png/--no-png", help="Also write PNG images (needs kaleido and chromium)."),
 ):
     """Write Pareto fronts (HTML, PNG), hypervolume over trials, trials.csv and summary.md."""
@@ -479,7 +479,7 @@ def export(
     trial: Optional[int] = typer.Option(None, "--trial", help="Export this trial's config."),
     best_under_params: Optional[int] = typer.Option(None, "--best-under-params", help="The most accurate full-fidelity trial with at most N parameters."),
     front: bool = typer.Option(False, "--front", help="Every trial on the full-fidelity Pareto front."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for ARCH_ID.json files (default: STUDY-NAME-export beside the study file)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for ARCH_ID.json files.", show_default="STUDY-NAME-export beside the study file"),
     storage: Optional[str] = StorageOption,
     study_name: Optional[str] = StudyNameOption,
 ):
@@ -497,7 +497,7 @@ def export(
 def main() -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress bars report trials
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress bars and trial reasons report trials
     app()
 
 

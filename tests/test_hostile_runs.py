@@ -110,8 +110,10 @@ def test_ctrl_c_stops_a_search_with_one_line(tmp_path):
     worker = search_process(study, storage, "tiny", 4)
     assert wait_for(lambda: len(running_trials(storage, "tiny")) == 1)
     worker.send_signal(signal.SIGINT)
-    assert worker.wait(timeout=120) == 130
-    lines = worker.stderr.read().strip().splitlines()
+    code = worker.wait(timeout=120)
+    stderr = worker.stderr.read()
+    assert code == 130, (code, stderr[-3000:])
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted"), lines
 
 

@@ -116,7 +116,8 @@ def run_search(
     """Run trials until the study holds ``n_trials`` finished ones, or ``timeout`` seconds of
     wall time, or ``cpu_budget_s`` seconds of this process's CPU time have passed (the
     fair budget for comparing search settings on a shared machine)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
+    # the progress bar and each trial's recorded reason report failures (no log tracebacks)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     target = n_trials or study_file.study.n_trials
     timeout = timeout or study_file.study.timeout_s
     with sqlite_lock(study_file.storage_url(storage)):
@@ -157,7 +158,9 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu
         while True:
             if shared:
                 # a killed worker's trial: failed after its grace period, and re-queued
-                optuna.storages.fail_stale_trials(study)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
             if pending_count(study) >= target:
                 break
             left = None if timeout is None else timeout - (time.monotonic() - started)
@@ -179,7 +182,7 @@ def _worker(study_file: StudyFile, n_trials, timeout, storage, study_name, worke
     import torch
 
     torch.set_num_threads(threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     install_stop_handlers()
     try:
         run_search(study_file, n_trials, timeout, storage, study_name, progress=False, worker=worker)

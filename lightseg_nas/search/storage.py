@@ -173,7 +173,9 @@ def sqlite_lock(url: str):
 def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Fail and re-queue every RUNNING trial at once. Only valid while the SQLite lock is
     held: then no live process can own a running trial (its worker was killed)."""
-    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(trial._trial_id, "reason", "failed: its worker died (found running when the study was reopened)")
