@@ -297,3 +297,29 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_virtualenv():
     command = re.search(r"Run the tests.*?```bash\n(.*?)\n```", readme, re.S).group(1).strip()
     assert command in ci.splitlines()
     assert "python3 -m venv" in ci and "mktemp -d" in ci
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every `lightseg-nas ...` line of the README's bash blocks (continuations joined,
+    comments and [optional] parts dropped)."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        text = re.sub(r"\\\n\s*", " ", block)
+        for line in text.splitlines():
+            line = re.sub(r"\s+#.*$", "", re.sub(r"\[--[^\]]*\]", "", line)).strip()
+            if line.startswith("lightseg-nas ") and "..." not in line:
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+@pytest.mark.parametrize("args", _readme_commands(), ids=lambda args: " ".join(args)[:60])
+def test_every_readme_command_names_a_command_and_options_that_exist(args):
+    # Parsing with --help added checks the command and every option name without running it.
+    result = runner.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, (args, result.output)
+
+
+def test_the_readme_lists_its_commands():
+    assert len(_readme_commands()) >= 20
