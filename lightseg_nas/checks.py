@@ -22,7 +22,7 @@ from lightseg_nas.errors import UserError
 __all__ = [
     "INPUT_MULTIPLE", "MAX_SIZE", "SEED_MAX", "Seed", "InputSize", "check_size", "check_finite_number",
     "non_finite_tensors", "check_finite_state", "reject_bools", "check_output_file", "check_output_dir",
-    "folder_lock", "load_state_file", "usable_cores",
+    "file_lock", "folder_lock", "load_state_file", "usable_cores",
 ]
 
 INPUT_MULTIPLE = 32  # the networks down-sample by 8 and pool by up to 4 more
@@ -122,34 +122,43 @@ def check_output_dir(path: Path, flag: str = "--out") -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, what: str):
-    """Hold ``folder/.lock`` for the duration: a second run on the same folder is refused
-    instead of racing the first one and losing a result."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{folder}: another {what} is running in this folder; wait for it or choose another --out") from None
+def file_lock(path: Path, blocking: bool = False):
+    """Hold an exclusive lock on the file ``path`` (created if needed) for the duration;
+    without ``blocking``, BlockingIOError when another process holds it."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_state_file(path: Path, what: str) -> dict:
-    """A state file of ours (checkpoint, partial compression) loaded with weights_only=True,
-    or one line saying why not."""
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str):
+    """Hold ``folder/.lock`` for the duration: a second run on the same folder is refused
+    instead of racing the first one and losing a result."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(file_lock(folder / ".lock"))
+        except BlockingIOError:
+            raise UserError(f"{folder}: another {what} is running in this folder; wait for it or choose another --out") from None
+        yield
+
+
+def load_state_file(path: Path, what: str, unreadable: str | None = None, hint: str = "; delete it to start again") -> dict:
+    """A file of ours (model file, checkpoint, partial compression) loaded with
+    weights_only=True, or one line saying why not."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         text = str(error)
         if "Weights only load failed" in text or "Unsupported global" in text:
             raise UserError(f"{path}: refused: the {what} holds pickled code, not plain data (loaded with weights_only=True)") from None
-        raise UserError(f"{path}: not a readable {what} ({error.__class__.__name__}); delete it to start again") from None
+        raise UserError(f"{path}: {unreadable or f'not a readable {what}'} ({error.__class__.__name__}){hint}") from None
     if not isinstance(state, dict):
-        raise UserError(f"{path}: not a {what} of lightseg-nas; delete it to start again")
+        raise UserError(f"{path}: not a {what} of lightseg-nas{hint}")
     return state
 
 

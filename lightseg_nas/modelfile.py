@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lightseg_nas.checks import check_finite_state
+from lightseg_nas.checks import check_finite_state, load_state_file
 from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.errors import UserError
 from lightseg_nas.models import build_model
@@ -84,13 +84,7 @@ def load_record(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        text = str(error)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            raise UserError(f"{path}: refused: the file holds pickled code, not plain data (loaded with weights_only=True)") from None
-        raise UserError(f"{path}: not a model file ({error.__class__.__name__})") from None
+    record = load_state_file(path, "model file", unreadable="not a model file", hint="")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise UserError(f"{path}: not a lightseg-nas model file (no '{FORMAT}' format tag)")
     if record.get("format_version") != FORMAT_VERSION:

@@ -88,11 +88,17 @@ def test_passwords_are_masked_in_everything_a_run_writes(tmp_path, postgres_url)
         assert b"hunter2secret" not in path.read_bytes(), path
 
 
-def test_a_sigkilled_sqlite_search_reruns_to_the_exact_count_at_once(tmp_path):
+def _sqlite_search_in_a_trial(tmp_path, n_trials):
+    """(study file, storage URL, search process) once the process is inside its first trial."""
     study = write_study(tmp_path, fidelity="false")
     storage = f"sqlite:///{tmp_path / 'tiny.db'}"
-    first = search_process(study, storage, "tiny", 3)
+    worker = search_process(study, storage, "tiny", n_trials)
     assert wait_for(lambda: len(running_trials(storage, "tiny")) == 1)
+    return study, storage, worker
+
+
+def test_a_sigkilled_sqlite_search_reruns_to_the_exact_count_at_once(tmp_path):
+    study, storage, first = _sqlite_search_in_a_trial(tmp_path, 3)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     rerun = subprocess.run([*CLI, "search", str(study), "--storage", storage, "--study-name", "tiny", "--n-trials", "3", "--threads", "1", "--no-progress", "--no-report"], env=ENV, capture_output=True, text=True, timeout=600)
@@ -105,10 +111,7 @@ def test_a_sigkilled_sqlite_search_reruns_to_the_exact_count_at_once(tmp_path):
 
 
 def test_ctrl_c_stops_a_search_with_one_line(tmp_path):
-    study = write_study(tmp_path, fidelity="false")
-    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
-    worker = search_process(study, storage, "tiny", 4)
-    assert wait_for(lambda: len(running_trials(storage, "tiny")) == 1)
+    _, _, worker = _sqlite_search_in_a_trial(tmp_path, 4)
     worker.send_signal(signal.SIGINT)
     code = worker.wait(timeout=120)
     stderr = worker.stderr.read()

@@ -17,13 +17,13 @@ or ``?connect_timeout=N`` in the URL) and a statement after ``statement_timeout`
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from lightseg_nas.checks import file_lock
 from lightseg_nas.errors import UserError
 
 __all__ = ["normalize", "redact", "sqlite_path", "make_storage", "sqlite_lock", "fail_dead_trials", "CONNECT_TIMEOUT_S", "STATEMENT_TIMEOUT_MS"]
@@ -96,16 +96,6 @@ def _engine_kwargs(url: str) -> dict:
     return {"connect_args": connect_args, "pool_pre_ping": True}
 
 
-@contextlib.contextmanager
-def _schema_lock(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def make_storage(url: str, heartbeat_s: int = 30, grace_s: int = 120) -> optuna.storages.BaseStorage:
     """Open (creating its tables if needed) the storage at ``url``; one line on failure."""
     if url == "memory":
@@ -116,7 +106,7 @@ def make_storage(url: str, heartbeat_s: int = 30, grace_s: int = 120) -> optuna.
         raise UserError(f"storage {url!r}: folder {database.parent} does not exist")
     # Two processes creating Optuna's tables in one new SQLite file race (alembic's version
     # row): table creation is serialised by a lock file of its own.
-    creating = _schema_lock(Path(f"{database}.schema-lock")) if database is not None else contextlib.nullcontext()
+    creating = file_lock(Path(f"{database}.schema-lock"), blocking=True) if database is not None else contextlib.nullcontext()
     try:
         with creating, warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -156,18 +146,15 @@ def sqlite_lock(url: str):
         return
     if not database.parent.is_dir():
         raise UserError(f"storage {url!r}: folder {database.parent} does not exist")
-    with open(f"{database}.lock", "a") as handle:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(file_lock(Path(f"{database}.lock")))
         except BlockingIOError:
             raise UserError(
                 f"another search is running on {database}; SQLite serves one worker at a time: "
                 "for several workers use PostgreSQL (--storage postgresql://USER@HOST/DB)"
             ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
