@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Iterable
 
@@ -89,11 +90,21 @@ def _existing_ancestor(path: Path) -> Path:
     return Path.cwd()
 
 
+def writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``, found by trying (an unnamed temporary
+    file, gone at once): permission bits say yes to root even on a read-only mount."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def _check_parent_chain(path: Path, flag: str) -> None:
     ancestor = _existing_ancestor(path.parent if path.parent != path else path)
     if not ancestor.is_dir():
         raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
+    if not writable(ancestor):
         raise UserError(f"{flag} {path}: {ancestor} is not writable")
 
 
@@ -114,7 +125,7 @@ def check_output_dir(path: Path, flag: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path}: is a file, not a folder")
     if path.is_dir():
-        if not os.access(path, os.W_OK | os.X_OK):
+        if not writable(path):
             raise UserError(f"{flag} {path}: is not writable")
     else:
         _check_parent_chain(path, flag)
@@ -123,14 +134,18 @@ def check_output_dir(path: Path, flag: str = "--out") -> Path:
 
 @contextlib.contextmanager
 def file_lock(path: Path, blocking: bool = False):
-    """Hold an exclusive lock on the file ``path`` (created if needed) for the duration;
-    without ``blocking``, BlockingIOError when another process holds it."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    """Hold an exclusive flock on ``path`` (a folder, or a file created if needed) for the
+    duration; without ``blocking``, BlockingIOError when another process holds it."""
+    path = Path(path)
+    descriptor = os.open(path, os.O_RDONLY) if path.is_dir() else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager

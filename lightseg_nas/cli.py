@@ -32,14 +32,26 @@ class _OneLineErrors(TyperGroup):
             if type(error).__name__ == "NoArgsIsHelpError":  # the bare command: show the help
                 typer.echo(error.format_message())
                 sys.exit(0)
-            typer.echo(f"error: {error.format_message()}{_command_hint(error)}", err=True)
+            _say(f"error: {error.format_message()}{_command_hint(error)}")
             sys.exit(2)
         except (typer.Abort, KeyboardInterrupt):
-            typer.echo("interrupted", err=True)
+            _say("interrupted")
             sys.exit(130)
         except typer.Exit as stop:
             sys.exit(stop.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, on a line of its own: progress bars still on screen (a run that
+    stopped mid-bar) are cleared first. Bars are drawn on terminals only (tqdm's
+    ``disable=None``), so logs and pipes get the line alone."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
+    typer.echo(line, err=True)
 
 
 def _command_hint(error) -> str:
@@ -122,13 +134,13 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            typer.echo(f"error: {error}", err=True)
+            _say(f"error: {error}")
             raise typer.Exit(2) from None
         except RecursionError:
-            typer.echo("error: input nested too deeply to read", err=True)
+            _say("error: input nested too deeply to read")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: nothing half-written is kept; run the same command (with --resume where it has one) to continue", err=True)
+            _say("interrupted: nothing half-written is kept; run the same command (with --resume where it has one) to continue")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -445,7 +457,7 @@ def search(
         else:
             result = run_search(study_file, n_trials, timeout, storage, study_name, progress)
     except KeyboardInterrupt:
-        typer.echo("interrupted: the running trial is marked failed, the study is consistent; run the same command to continue", err=True)
+        _say("interrupted: the running trial is marked failed, the study is consistent; run the same command to continue")
         raise typer.Exit(130) from None
     from lightseg_nas.search.storage import redact
 

@@ -173,7 +173,7 @@ def fit(
         start_epoch = len(history)
 
     step = start_epoch * steps_per_epoch
-    epochs = tqdm(range(start_epoch, settings.epochs), desc="training", unit="epoch", disable=not progress, initial=start_epoch, total=settings.epochs)
+    epochs = tqdm(range(start_epoch, settings.epochs), desc="training", unit="epoch", disable=None if progress else True, initial=start_epoch, total=settings.epochs)
     for epoch in epochs:
         generator = _epoch_generator(settings.seed, epoch)
         order = torch.randperm(len(train_data), generator=generator)

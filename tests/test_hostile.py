@@ -3,23 +3,27 @@ used to end in tracebacks, reports, crash recovery and images. Table-driven case
 contract of tests/test_bad_input.py: exit code 2, one line on stderr, and every input,
 output folder and study storage byte-identical afterwards."""
 
+import contextlib
 import json
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 import search_spaces
+from lightseg_nas.checks import folder_lock
 from lightseg_nas.cli import app
 from lightseg_nas.config import to_json
 from lightseg_nas.data.transforms import get_preprocessing
 from lightseg_nas.modelfile import make_record, save_record
 from lightseg_nas.models import build_model
+from lightseg_nas.search.storage import sqlite_lock
 from tests.fixtures import write_dataset
 from tests.test_bad_input import Payload, _snapshot
 from tests.test_search import write_study
@@ -40,7 +44,11 @@ def png_claiming(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile")
+    with contextlib.ExitStack() as held:
+        yield _assets(tmp_path_factory.mktemp("hostile"), held)
+
+
+def _assets(root: Path, held: contextlib.ExitStack) -> Path:
     config = search_spaces.sample("sinet", 2, num_classes=1)
     (root / "net.json").write_text(to_json(config))
     model = build_model(config)
@@ -105,6 +113,28 @@ def hostile(tmp_path_factory):
     study_variant("nanlr.toml", "batch_size = 8", "batch_size = 8\nlr = nan")
     study_variant("bigrung.toml", "size = 64, epochs = 1", "size = 32000, epochs = 1")
     (root / "deep.toml").write_text("a = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    # 6. reports: a study whose only trial failed, a storage that is not a database
+    study_variant("failed.toml", 'name = "tiny"', 'name = "tiny"')
+    failed = optuna.create_study(storage=f"sqlite:///{root / 'failed.db'}", study_name="tiny", directions=["maximize", "minimize"])
+    failed.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"reason": "boom"}))
+    study_variant("garbage.toml", 'name = "tiny"', 'name = "tiny"')
+    (root / "garbage.db").write_text("not a database " * 10)
+    # 7. crash recovery and concurrency: a live search holds busy.db's lock, a live train its folder
+    study_variant("busy.toml", 'name = "tiny"', 'name = "tiny"')
+    held.enter_context(sqlite_lock(f"sqlite:///{root / 'busy.db'}"))
+    held.enter_context(folder_lock(root / "runs" / "busy", "train"))
+    # 8. images: truncated, not an image, empty; datasets with a mask of another size, a mask
+    # with values other than 0/1/255, an image without its mask
+    whole = (root / "a.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (root / "text.jpg").write_text("not an image")
+    (root / "empty.png").write_bytes(b"")
+    sized = write_dataset(root / "masksize", "extportraitseg")
+    Image.new("L", (20, 20)).save(sized / "GT_png" / "00002_mask.png")
+    valued = write_dataset(root / "maskvalues", "extportraitseg")
+    Image.new("L", (48, 64), 7).save(valued / "GT_png" / "00001_mask.png")
+    unmasked = write_dataset(root / "unmasked", "extportraitseg")
+    (unmasked / "GT_png" / "00003_mask.png").unlink()
     return root
 
 
@@ -154,6 +184,8 @@ CASES = [
     ("outputs", "predict --out is a file", "predict {A}/model.pt {A}/a.jpg --out {A}/file", "is a file"),
     ("outputs", "onnx --out is a folder", "onnx {A}/model.pt --out {A}/eg1800", "is a folder"),
     ("outputs", "two images, one output name", "predict {A}/model.pt {A}/a.jpg {A}/a.png --out {A}/out/p", "would both write a_mask.png"),
+    ("outputs", "train --out on a read-only mount", "train --preset sinet --data synthetic:count=12 --out /proc/lightseg-run", "not writable"),
+    ("outputs", "onnx --out on a read-only mount", "onnx {A}/model.pt --out /sys/lightseg/n.onnx", "not writable"),
     ("outputs", "an output replaces an input", "predict {A}/model.pt {A}/a.jpg {A}/a_mask.png --out {A}", "is one of the input images"),
     ("outputs", "train --resume with nothing to resume", "train --preset sinet --data synthetic:count=12 --out {A}/runs/empty --resume", "nothing to resume"),
     ("outputs", "compress --resume with nothing to resume", f"compress {M} --target-params 20000 --out {{A}}/out/s.pt --resume", "nothing to resume"),
@@ -187,7 +219,6 @@ CASES = [
     ("traceback", "study device meta", "search {A}/metadevice.toml", "training.device"),
     ("traceback", "study data folder missing", "search {A}/nodata.toml", "no such dataset folder"),
     ("traceback", "split list not UTF-8", "eval {A}/model.pt --data eg1800:{A}/latin1 --split trainval", "not a UTF-8"),
-    ("traceback", "decompression bomb", "predict {A}/model.pt {A}/bomb.png --out {A}/out/p", "too large"),
     ("traceback", "preprocessing {}", "eval {A}/emptypre.pt", "preprocessing"),
     ("traceback", "std 0", "eval {A}/zerostd.pt", "preprocessing.std"),
     ("traceback", "training a list", "eval {A}/traininglist.pt", "training must be a mapping"),
@@ -197,6 +228,27 @@ CASES = [
     ("traceback", "code in a .partial on --resume", f"compress {M} --target-params 20000 --data synthetic:count=12 --size 64 --out {{A}}/pickled.pt --resume", "refused"),
     ("traceback", "unknown choice, one line", "predict {A}/model.pt {A}/a.jpg --out {A}/out/p --preview sepia", "'--preview'"),
     ("traceback", "unknown option, one line", "train --preset sinet --out {A}/out/train --speed 11", "No such option"),
+    # 6. reports and exports of studies with nothing to show
+    ("reports", "report of a study never run", "report {A}/tiny.toml", "run lightseg-nas search first"),
+    ("reports", "export --front, no trial completed", "export {A}/failed.toml --front", "no full-fidelity trial"),
+    ("reports", "export a failed trial", "export {A}/failed.toml --trial 0", "did not finish (fail: boom)"),
+    ("reports", "export a trial that does not exist", "export {A}/failed.toml --trial 7", "has no trial 7"),
+    ("reports", "export under a budget nothing meets", "export {A}/failed.toml --best-under-params 100000", "at most 100000"),
+    ("reports", "report --out is a file", "report {A}/failed.toml --out {A}/file", "not a report folder"),
+    ("reports", "storage that is not a database", "report {A}/garbage.toml", "file is not a database"),
+    # 7. crash recovery and concurrency
+    ("crash", "search while another search holds the SQLite file", "search {A}/busy.toml", "another search is running"),
+    ("crash", "--workers on SQLite", "search {A}/tiny.toml --workers 2", "--workers needs a storage"),
+    ("crash", "train in a folder another train is using", "train --preset sinet --data synthetic:count=12 --out {A}/runs/busy", "is running in this folder"),
+    ("crash", "search on a damaged storage", "search {A}/garbage.toml", "cannot be opened"),
+    # 8. images
+    ("images", "decompression bomb", "predict {A}/model.pt {A}/bomb.png --out {A}/out/p", "too large"),
+    ("images", "truncated JPEG", "predict {A}/model.pt {A}/truncated.jpg --out {A}/out/p", "unreadable image"),
+    ("images", "not an image", "predict {A}/model.pt {A}/text.jpg --out {A}/out/p", "unreadable image"),
+    ("images", "empty file", "predict {A}/model.pt {A}/empty.png --out {A}/out/p", "unreadable image"),
+    ("images", "mask of another size", "eval {A}/model.pt --data eg1800:{A}/masksize --split trainval", "00002"),
+    ("images", "mask values not 0/1/255", "eval {A}/model.pt --data eg1800:{A}/maskvalues --split trainval", "00001"),
+    ("images", "image without its mask", "eval {A}/model.pt --data eg1800:{A}/unmasked --split trainval", "00003"),
 ]
 
 
@@ -217,5 +269,32 @@ def test_every_class_has_cases():
     counts = {}
     for kind, *_ in CASES:
         counts[kind] = counts.get(kind, 0) + 1
-    assert set(counts) == {"finite", "storage", "paths", "outputs", "traceback"}
+    assert set(counts) == {"finite", "storage", "paths", "outputs", "traceback", "reports", "crash", "images"}
     assert min(counts.values()) >= 4
+
+
+def test_an_error_line_clears_a_progress_bar_left_on_a_terminal():
+    import io
+
+    from tqdm import tqdm
+
+    from lightseg_nas.cli import _say
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    bar = tqdm(total=8, desc="decoding", file=screen, disable=None)
+    bar.update(1)
+    assert "decoding" in screen.getvalue()
+    _say("error: broken mask")
+    assert bar not in getattr(tqdm, "_instances", ())
+    # the bar's line is blanked and the cursor is back at its start, ready for the error line
+    assert screen.getvalue().endswith("\r") and "decoding" not in screen.getvalue().rsplit("\r", 2)[-2]
+
+
+def test_progress_bars_are_not_drawn_into_logs(tmp_path):
+    result = runner.invoke(app, ["train", "--preset", "sinet", "--data", "synthetic:count=8", "--size", "32", "--epochs", "1", "--max-steps", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "training" not in result.stderr and "\r" not in result.stderr

@@ -132,7 +132,7 @@ def load_eg1800(root: Path, split: str, size: int, val_fraction: float, val_seed
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(samples, desc=f"decoding eg1800/{split}", unit="img", leave=False)
+        iterator = tqdm(samples, desc=f"decoding eg1800/{split}", unit="img", leave=False, disable=None)
     pairs = [_load_pair(sample, size) for sample in iterator]
     images = np.stack([p[0] for p in pairs])
     masks = np.stack([p[1] for p in pairs])

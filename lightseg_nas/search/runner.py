@@ -135,7 +135,7 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu
     objective = Objective(study_file, target)
     started = time.monotonic()
     cpu_started = time.process_time()
-    bar = tqdm(total=target, initial=finished_count(study), desc=f"search {study.study_name}", unit="trial", disable=not progress)
+    bar = tqdm(total=target, initial=finished_count(study), desc=f"search {study.study_name}", unit="trial", disable=None if progress else True)
 
     shared = study_file.storage_url(storage) != "memory"
     failures = []
@@ -225,7 +225,7 @@ def run_workers(
     ]
     for process in processes:
         process.start()
-    bar = tqdm(total=target, initial=finished_count(study), desc=f"search {study.study_name} ({workers} workers)", unit="trial", disable=not progress)
+    bar = tqdm(total=target, initial=finished_count(study), desc=f"search {study.study_name} ({workers} workers)", unit="trial", disable=None if progress else True)
     try:
         while any(p.is_alive() for p in processes):
             time.sleep(1.0)

@@ -105,8 +105,9 @@ def make_storage(url: str, heartbeat_s: int = 30, grace_s: int = 120) -> optuna.
     if database is not None and not database.parent.is_dir():
         raise UserError(f"storage {url!r}: folder {database.parent} does not exist")
     # Two processes creating Optuna's tables in one new SQLite file race (alembic's version
-    # row): table creation is serialised by a lock file of its own.
-    creating = file_lock(Path(f"{database}.schema-lock"), blocking=True) if database is not None else contextlib.nullcontext()
+    # row): table creation is serialised by a flock on the database's folder, so no file is
+    # left beside the database (the database file itself carries the single-writer lock).
+    creating = file_lock(database.parent, blocking=True) if database is not None else contextlib.nullcontext()
     try:
         with creating, warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -148,7 +149,9 @@ def sqlite_lock(url: str):
         raise UserError(f"storage {url!r}: folder {database.parent} does not exist")
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(file_lock(Path(f"{database}.lock")))
+            # a flock on the database file (created empty if new: SQLite takes an empty file as
+            # a new database); SQLite's own locks are POSIX record locks, which flock leaves alone
+            held.enter_context(file_lock(database))
         except BlockingIOError:
             raise UserError(
                 f"another search is running on {database}; SQLite serves one worker at a time: "
