@@ -146,6 +146,21 @@ def user_errors(command):
     return wrapper
 
 
+def _parse_target(text: str, flag: str) -> tuple[Optional[int], Optional[float]]:
+    """N (a count) or P% (a share of the current size, 0 < P < 100)."""
+    import math
+
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not (math.isfinite(percent) and 0 < percent < 100):
+                raise ValueError
+            return None, percent
+        return int(text), None
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give a whole number (20000) or a percentage between 0 and 100 (50%)") from None
+
+
 def _print_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
@@ -334,8 +349,8 @@ def onnx(
 @user_errors
 def compress(
     model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file written by train (or compress)."),
-    target_params: Optional[int] = typer.Option(None, "--target-params", help="Prune until at most this many parameters."),
-    target_macs: Optional[int] = typer.Option(None, "--target-macs", help="Prune until at most this many MACs (conv_only counter, at --mac-size)."),
+    target_params: Optional[str] = typer.Option(None, "--target-params", metavar="N|P%", help="Prune until at most N parameters, or P percent of the current count (50%)."),
+    target_macs: Optional[str] = typer.Option(None, "--target-macs", metavar="N|P%", help="Prune until at most N MACs (conv_only counter, at --mac-size), or P percent of the current count."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this model file, or from a preset (extremec3net, sinet) with --teacher-weights."),
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Prune -> fine-tune rounds; targets fall geometrically.", show_default="3"),
@@ -368,8 +383,10 @@ def compress(
 
     if (target_params is None) == (target_macs is None):
         raise UserError("give exactly one of --target-params N or --target-macs N")
+    flag, text = ("--target-params", target_params) if target_params is not None else ("--target-macs", target_macs)
+    target, percent = _parse_target(text, flag)
     settings = settings_from(
-        metric="params" if target_params is not None else "macs", target=target_params if target_params is not None else target_macs,
+        metric="params" if target_params is not None else "macs", target=target, target_percent=percent,
         steps=steps, epochs_per_step=epochs_per_step, lr=lr, batch_size=batch_size, size=size, mac_size=mac_size, seed=seed,
         val_fraction=val_fraction, val_seed=val_seed, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
         max_steps_per_step=max_steps_per_step, device=device,

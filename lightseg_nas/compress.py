@@ -40,7 +40,10 @@ class CompressSettings(BaseModel):
     # allow_inf_nan=False: nan and inf are refused for every number
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     metric: Literal["params", "macs"]
-    target: int = Field(ge=1, le=10**15, strict=True)
+    # An absolute target, or a percentage of the network's current cost (resolved against
+    # the model when the compression starts): exactly one of the two.
+    target: Optional[int] = Field(None, ge=1, le=10**15, strict=True)
+    target_percent: Optional[float] = Field(None, gt=0, lt=100)
     steps: int = Field(3, ge=1, le=100, strict=True)
     epochs_per_step: int = Field(4, ge=1, le=100_000, strict=True)
     lr: float = Field(5e-3, gt=0, le=10)
@@ -61,8 +64,18 @@ class CompressSettings(BaseModel):
 
 def settings_from(**values) -> CompressSettings:
     settings = parse_options(CompressSettings, values)
+    if (settings.target is None) == (settings.target_percent is None):
+        raise UserError("give exactly one target: a number (N) or a percentage of the current size (P%)")
     resolve_device(settings.device)
     return settings
+
+
+def resolve_target(model: torch.nn.Module, settings: CompressSettings) -> CompressSettings:
+    """Settings with an absolute target: a percentage becomes that share of the current cost."""
+    if settings.target is not None:
+        return settings
+    current = prune.cost(model, settings.metric, settings.mac_size)
+    return settings.model_copy(update={"target": max(1, int(current * settings.target_percent / 100))})
 
 
 def load_teacher(spec: str, weights: Optional[Path]) -> tuple[torch.nn.Module, dict, str]:
@@ -158,6 +171,7 @@ def compress_to_file(
     if resume and not partial.exists():
         raise UserError(f"{partial}: nothing to resume; leave out --resume to start a new compression")
     model, record = load_model_file(model_path)
+    settings = resolve_target(model, settings)
     preprocessing = record["preprocessing"]
     source_config = record["config_object"]
     distiller_parts = load_teacher(teacher, teacher_weights) if teacher is not None else None

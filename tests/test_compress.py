@@ -15,6 +15,7 @@ from lightseg_nas.config import config_from_json
 from lightseg_nas.cost import count_params
 from lightseg_nas.data.transforms import denormalize, get_preprocessing, normalize
 from lightseg_nas.distill import Distiller, channel_wise_kd, pixel_kd, two_class_logits
+from lightseg_nas.errors import UserError
 from lightseg_nas.modelfile import load_model_file
 from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset
@@ -131,3 +132,15 @@ def test_compress_refuses_to_continue_without_resume(trained, tmp_path):
     (tmp_path / "small.pt.partial").write_bytes(b"x")
     result = runner.invoke(app, ["compress", str(trained), "--target-params", "40000", "--data", DATA, "--out", str(tmp_path / "small.pt")])
     assert result.exit_code == 2 and "--resume" in result.stderr
+
+
+def test_a_percentage_target_is_that_share_of_the_current_count():
+    from lightseg_nas.compress import resolve_target, settings_from
+    from lightseg_nas.cost import count_params
+
+    model = build_model(get_preset("sinet"))
+    settings = resolve_target(model, settings_from(metric="params", target_percent=60.0))
+    assert settings.target == int(count_params(model) * 0.6) and settings.target_percent == 60.0
+    assert resolve_target(model, settings_from(metric="params", target=20000)).target == 20000
+    with pytest.raises(UserError, match="exactly one target"):
+        settings_from(metric="params", target=20000, target_percent=50.0)

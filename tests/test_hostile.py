@@ -160,6 +160,8 @@ CASES = [
     ("finite", "onnx nan weights", "onnx {A}/nan.pt --out {A}/out/n.onnx", "non-finite"),
     ("finite", "compress nan weights", "compress {A}/nan.pt --target-params 20000 --out {A}/out/s.pt", "non-finite"),
     ("finite", "compress nan teacher", f"compress {M} --target-params 20000 --teacher {{A}}/nan.pt --out {{A}}/out/s.pt", "non-finite"),
+    ("finite", "compress --target-params nan%", f"compress {M} --target-params nan% --out {{A}}/out/s.pt", "--target-params"),
+    ("finite", "compress --target-macs inf%", f"compress {M} --target-macs inf% --out {{A}}/out/s.pt", "--target-macs"),
     ("finite", "study lr = inf", "search {A}/inflr.toml", "training.lr"),
     ("finite", "study lr = nan", "search {A}/nanlr.toml", "training.lr"),
     # 2. storage
@@ -226,6 +228,10 @@ CASES = [
     ("traceback", "code in a checkpoint on --resume", "train --preset sinet --data synthetic:count=12 --out {A}/runs/pickled --resume", "refused"),
     ("traceback", "truncated .partial on --resume", f"compress {M} --target-params 20000 --data synthetic:count=12 --size 64 --out {{A}}/small.pt --resume", "not a readable partial"),
     ("traceback", "code in a .partial on --resume", f"compress {M} --target-params 20000 --data synthetic:count=12 --size 64 --out {{A}}/pickled.pt --resume", "refused"),
+    ("traceback", "compress --target-params 150%", f"compress {M} --target-params 150% --out {{A}}/out/s.pt", "between 0 and 100"),
+    ("traceback", "compress --target-params 0%", f"compress {M} --target-params 0% --out {{A}}/out/s.pt", "between 0 and 100"),
+    ("traceback", "compress --target-params words", f"compress {M} --target-params half --out {{A}}/out/s.pt", "whole number"),
+    ("traceback", "compress --target-params 1e5", f"compress {M} --target-params 1e5 --out {{A}}/out/s.pt", "whole number"),
     ("traceback", "unknown choice, one line", "predict {A}/model.pt {A}/a.jpg --out {A}/out/p --preview sepia", "'--preview'"),
     ("traceback", "unknown option, one line", "train --preset sinet --out {A}/out/train --speed 11", "No such option"),
     # 6. reports and exports of studies with nothing to show

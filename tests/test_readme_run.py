@@ -1,0 +1,142 @@
+"""Every command block of the README, run in order on synthetic data.
+
+The sandbox mirrors a checkout: ``main/`` (the working folder, with the README's study
+files) beside ``shared/data/eg1800`` (a small synthetic dataset in the EG1800 layout), so
+the README's paths work unchanged. What the test changes, and only that:
+
+- the study files are the shipped ones with fewer trials and tiny rungs;
+- training commands get ``--max-steps 2`` and compress commands ``--max-steps-per-step 1``
+  (the README's schedules are for real runs; options given twice take the last value);
+- the PostgreSQL host is a throwaway local server (skipped where PostgreSQL is absent);
+- a ``--resume`` line after a run that finished must be refused with one line (resuming a
+  stopped run is tested with real kills in tests/test_train.py and tests/test_compress.py);
+- lines that need the released weights run only where ``../shared`` has them;
+- ``net.json`` / ``winner.json`` (your own configs in the README) and the photos are made
+  here. Lines that are not lightseg-nas commands (pip, pytest, createdb,
+  optuna-dashboard) and the ``...`` template are not run.
+"""
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lightseg_nas.cli import app
+from lightseg_nas.config import to_json
+from lightseg_nas.presets import get_preset
+from tests import pgserver
+from tests.fixtures import write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL = REPO.parent / "shared" / "reference" / "official"
+NOT_OURS = ("pip ", "python -m pytest", "createdb ", "optuna-dashboard ")
+SMOKE = {"train": ["--max-steps", "2"], "compress": ["--max-steps-per-step", "1"]}
+runner = CliRunner()
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """(language, text) of every fenced bash or python block, in order."""
+    return re.findall(r"```(bash|python)\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+
+
+def command_lines(block: str) -> list[str]:
+    """The block's commands: continuations joined, comments and [optional] parts dropped,
+    `a && b` split."""
+    lines = []
+    for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+        line = re.sub(r"\s+#.*$", "", re.sub(r"\[--[^\]]*\]", "", line)).strip()
+        if line and not line.startswith("#"):
+            lines.extend(part.strip() for part in line.split("&&"))
+    return lines
+
+
+def _tiny_study(text: str) -> str:
+    """A shipped study file with 3 trials and tiny rungs (everything else as shipped)."""
+    text, trials = re.subn(r"n_trials = \d+", "n_trials = 3", text)
+    text = re.sub(r"timeout_s = \d+\n", "", text)
+    text = re.sub(r"rungs = \[.*\]", "rungs = [{ size = 32, epochs = 1 }, { size = 64, epochs = 1 }]", text)
+    text = re.sub(r"repeats = \d+", "repeats = 2", text)
+    assert trials == 1
+    return text
+
+
+def _sandbox(root: Path) -> Path:
+    main = root / "main"
+    (main / "studies").mkdir(parents=True)
+    for study in (REPO / "studies").glob("*.toml"):
+        (main / "studies" / study.name).write_text(_tiny_study(study.read_text()))
+    write_dataset(root / "shared" / "data" / "eg1800", "extportraitseg", count=24)
+    if (OFFICIAL / "SINet.pth").exists():
+        (root / "shared" / "reference" / "official").mkdir(parents=True)
+        shutil.copy(OFFICIAL / "SINet.pth", root / "shared" / "reference" / "official" / "SINet.pth")
+        shutil.copy(OFFICIAL / "SINet.pth", main / "SINet.pth")
+    config = to_json(get_preset("extremec3net").model_copy(update={"num_classes": 1}))
+    (main / "net.json").write_text(config)
+    (main / "winner.json").write_text(config)
+    Image.new("RGB", (80, 60), (180, 120, 90)).save(main / "photo1.jpg")
+    Image.new("RGB", (60, 80), (90, 120, 180)).save(main / "photo2.png")
+    Image.new("RGB", (64, 64), (120, 180, 90)).save(main / "photo.jpg")
+    return main
+
+
+def test_every_readme_command_block_runs_on_synthetic_data(tmp_path, monkeypatch, request):
+    main = _sandbox(tmp_path)
+    monkeypatch.chdir(main)
+    postgres = None
+    ran, skipped = [], []
+    for language, block in readme_blocks():
+        if language == "python":
+            if not (main / "SINet.pth").exists():
+                skipped.append(("python block", "no released weights"))
+                continue
+            exec(compile(block, "README.md", "exec"), {})
+            ran.append("python block")
+            continue
+        for line in command_lines(block):
+            if line.startswith(NOT_OURS):
+                skipped.append((line, "not a lightseg-nas command"))
+                continue
+            assert line.startswith("lightseg-nas "), f"a README command this test does not know how to run: {line}"
+            if "..." in line:
+                skipped.append((line, "a template"))
+                continue
+            if "SINet.pth" in line and not (main / "SINet.pth").exists():
+                skipped.append((line, "no released weights"))
+                continue
+            if "postgresql://" in line:
+                reason = pgserver.available()
+                if reason:
+                    skipped.append((line, reason))
+                    continue
+                postgres = postgres or request.getfixturevalue("postgres_url")
+                line = re.sub(r"postgresql://\S+", postgres, line)
+            if "ARCH_ID" in line:
+                exported = sorted((main / "studies" / "eg1800_extremec3-export").glob("*.json"))
+                assert len(exported) == 1, exported
+                line = line.replace("ARCH_ID", exported[0].stem)
+            args = shlex.split(line)[1:]
+            args += SMOKE.get(args[0], [])
+            result = runner.invoke(app, args)
+            if "--resume" in args and result.exit_code == 2 and "already holds a finished" in result.stderr:
+                ran.append(line)  # the run above finished, so there is nothing to continue: the right answer
+                continue
+            assert result.exit_code == 0, (line, result.output)
+            assert "Traceback" not in result.output
+            ran.append(line)
+    assert len(ran) >= 20, ran
+    # the walk-through's products exist
+    for path in ["studies/quickstart-report/summary.md", "studies/eg1800_extremec3-report/summary.md", "runs/winner/model.pt",
+                 "runs/winner-small.pt", "winner-small.onnx", "runs/net/model.pt", "net.onnx", "previews/photo_mask.png"]:
+        assert (main / path).exists(), path
+    print(f"ran {len(ran)} README commands; not run: {skipped}")
+
+
+def test_the_readme_lists_no_command_the_runner_cannot_classify():
+    for language, block in readme_blocks():
+        if language == "bash":
+            for line in command_lines(block):
+                assert line.startswith(("lightseg-nas ", *NOT_OURS)), line
