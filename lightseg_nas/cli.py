@@ -87,6 +87,7 @@ def _group(
 
 class Backend(str, Enum):
     torch = "torch"
+    torch_channels_last = "torch-channels-last"
     onnxruntime = "onnxruntime"
 
 
@@ -183,7 +184,7 @@ def measure(
     size: int = typer.Option(224, help="Input height and width (a multiple of 32)."),
     threads: int = typer.Option(1, help="CPU threads for the latency measurement."),
     repeats: int = typer.Option(30, help="Timed runs after warm-up (median and quartiles are reported)."),
-    backend: Backend = typer.Option(Backend.torch, help="Latency backend: torch (eager) or onnxruntime."),
+    backend: Backend = typer.Option(Backend.torch, help="Latency backend: torch (eager NCHW), torch-channels-last (eager NHWC) or onnxruntime."),
     reference: str = typer.Option("sinet", help="Preset timed in the same run for a latency ratio; 'none' to skip."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (params, macs, latency_ms, ...)."),
 ):
@@ -221,6 +222,12 @@ ThreadsOption = typer.Option(None, "--threads", help="CPU threads.", show_defaul
 DataOption = typer.Option("synthetic", "--data", help="Dataset: eg1800:PATH (either public layout) or synthetic[:count=N,seed=S].")
 ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val'.", show_default="0.1, or the model file's")
 ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images.", show_default="0, or the model file's")
+ChannelsLastOption = typer.Option(
+    None, "--channels-last/--no-channels-last", help="Weights and inputs channels-last (NHWC): faster on CPUs, same computation.", show_default="on"
+)
+CompileOption = typer.Option(
+    None, "--compile/--no-compile", help="torch.compile the training step: faster per step, about a minute of compiling per network and input shape; pays on long runs.", show_default="off"
+)
 
 
 @app.command()
@@ -245,6 +252,8 @@ def train(
     preprocessing: Optional[Preprocessing] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe).", show_default="default"),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total (smoke tests)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
+    channels_last: Optional[bool] = ChannelsLastOption,
+    compile_: Optional[bool] = CompileOption,
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last epoch."),
     threads: Optional[int] = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -258,16 +267,20 @@ def train(
     settings = settings_from(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
         seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
-        preprocessing=_value(preprocessing), max_steps=max_steps, device=device,
+        preprocessing=_value(preprocessing), max_steps=max_steps, device=device, channels_last=channels_last, compile=compile_,
     )
     _set_threads(threads)
     record = train_to_file(network, data, out, settings, resume=resume, progress=progress)
-    metrics = {**record["metrics"], "model": str(out / "model.pt"), "arch_id": record["arch_id"], "synthetic": record["data"]["synthetic"]}
+    metrics = {
+        **record["metrics"], "model": str(out / "model.pt"), "arch_id": record["arch_id"], "synthetic": record["data"]["synthetic"],
+        "images_per_s": record["images_per_s"], "train_seconds": record["train_seconds"],
+    }
     if as_json:
         _print_json(metrics)
     else:
         label = " (synthetic data)" if metrics["synthetic"] else ""
-        typer.echo(f"wrote {out / 'model.pt'}: validation fg IoU {100 * metrics.get('val_fg_iou', 0):.2f}% at {metrics['val_size']}px{label}")
+        speed = f", {metrics['images_per_s']:.1f} training images/s" if metrics["images_per_s"] else ""
+        typer.echo(f"wrote {out / 'model.pt'}: validation fg IoU {100 * metrics.get('val_fg_iou', 0):.2f}% at {metrics['val_size']}px{label}{speed}")
 
 
 @app.command("eval")
@@ -369,6 +382,8 @@ def compress(
     cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation.", show_default="1.0"),
     max_steps_per_step: Optional[int] = typer.Option(None, help="Stop each fine-tuning after this many optimiser steps (smoke tests)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
+    channels_last: Optional[bool] = ChannelsLastOption,
+    compile_: Optional[bool] = CompileOption,
     resume: bool = typer.Option(False, "--resume", help="Continue from the steps saved in OUT.partial."),
     threads: Optional[int] = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -389,7 +404,7 @@ def compress(
         metric="params" if target_params is not None else "macs", target=target, target_percent=percent,
         steps=steps, epochs_per_step=epochs_per_step, lr=lr, batch_size=batch_size, size=size, mac_size=mac_size, seed=seed,
         val_fraction=val_fraction, val_seed=val_seed, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
-        max_steps_per_step=max_steps_per_step, device=device,
+        max_steps_per_step=max_steps_per_step, device=device, channels_last=channels_last, compile=compile_,
     )
     _set_threads(threads)
     on_row = (lambda row: None) if as_json else (lambda row: typer.echo(format_row(row), err=progress))

@@ -28,7 +28,7 @@ from lightseg_nas.modelfile import atomic_write_text, load_model_file, load_reco
 from lightseg_nas.checks import InputSize, Seed, check_finite_state, check_output_file, load_state_file
 from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset, list_presets, load_released_weights
-from lightseg_nas.train import TrainSettings, evaluate, fit, parse_options, resolve_device
+from lightseg_nas.train import SPEED_FIELDS, TrainSettings, evaluate, fit, parse_options, resolve_device
 
 __all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "config_path", "MAC_COUNTER"]
 
@@ -60,6 +60,9 @@ class CompressSettings(BaseModel):
     # Stop each fine-tuning after this many steps (smoke tests); None = whole epochs.
     max_steps_per_step: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
     device: str = "auto"
+    # How the fine-tuning runs, not what it computes (lightseg_nas/speed.py).
+    channels_last: bool = True
+    compile: bool = False
 
 
 def settings_from(**values) -> CompressSettings:
@@ -139,6 +142,7 @@ def _fine_tune_settings(settings: CompressSettings, preprocessing: dict, step: i
         epochs=settings.epochs_per_step, batch_size=settings.batch_size, lr=settings.lr, size=settings.size,
         seed=settings.seed + step, val_fraction=settings.val_fraction, val_seed=settings.val_seed,
         preprocessing=preprocessing["name"], max_steps=settings.max_steps_per_step, device=settings.device,
+        channels_last=settings.channels_last, compile=settings.compile,
     )
 
 
@@ -194,7 +198,7 @@ def compress_to_file(
         if state.get("source") != record["arch_id"]:
             raise UserError(f"{partial}: was written for another model; resume with the same MODEL")
         stored = state.get("settings") if isinstance(state.get("settings"), dict) else {}
-        differ = [f"{k} {stored.get(k)!r} (now {v!r})" for k, v in settings.model_dump().items() if stored.get(k) != v]
+        differ = [f"{k} {stored.get(k)!r} (now {v!r})" for k, v in settings.model_dump().items() if k not in SPEED_FIELDS and stored.get(k) != v]
         if differ:
             raise UserError(f"{partial}: was written with other settings: {', '.join(differ)}; resume with the same ones")
         try:

@@ -13,7 +13,9 @@ Each figure names its counter and lists what that counter left uncounted:
 
 Latency is measured, never estimated: batch 1, fixed thread count, warm-up, then the median
 and quartiles of repeated runs. Several models are timed round-robin in one run so their
-ratio is not skewed by drift of the machine.
+ratio is not skewed by drift of the machine. Backends: ``torch`` (eager, NCHW),
+``torch-channels-last`` (eager, weights and input NHWC) and ``onnxruntime`` (the exported
+graph, intra-op threads = the thread count, inter-op 1); every figure records its backend.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MacCount", "count_params", "count_macs", "MAC_COUNTERS", "measure_latency", "LatencyResult"]
+from lightseg_nas.speed import place_input, place_model
+
+__all__ = ["MacCount", "count_params", "count_macs", "MAC_COUNTERS", "measure_latency", "LatencyResult", "LATENCY_BACKENDS"]
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,13 @@ class LatencyResult:
         return dict(self.__dict__)
 
 
-def _torch_runner(model: nn.Module, x: torch.Tensor):
+LATENCY_BACKENDS = ("torch", "torch-channels-last", "onnxruntime")
+
+
+def _torch_runner(model: nn.Module, x: torch.Tensor, channels_last: bool = False):
     model = model.eval()
+    if channels_last:
+        model, x = place_model(copy.deepcopy(model), True), place_input(x, True)
 
     def run():
         with torch.inference_mode():
@@ -203,15 +212,15 @@ def measure_latency(
     backend: str = "torch",
 ) -> dict[str, LatencyResult]:
     """Time several models round-robin in one run (so their ratios are fair), batch 1."""
-    if backend not in ("torch", "onnxruntime"):
+    if backend not in LATENCY_BACKENDS:
         raise ValueError(f"unknown latency backend {backend!r}")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     x = _example(size)
     try:
         with tempfile.TemporaryDirectory() as folder:
-            if backend == "torch":
-                runners = {name: _torch_runner(model, x) for name, model in models.items()}
+            if backend.startswith("torch"):
+                runners = {name: _torch_runner(model, x, backend == "torch-channels-last") for name, model in models.items()}
             else:
                 runners = {name: _onnxruntime_runner(model, x, threads, Path(folder)) for name, model in models.items()}
             for run in runners.values():

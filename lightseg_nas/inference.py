@@ -48,11 +48,12 @@ def recorded_size(record: dict | None, default: int = 224) -> tuple[int, str]:
 def evaluate_network(
     model, preprocessing: dict, data_spec: str, split: str, size: int, val_fraction: float, val_seed: int, progress: bool = True
 ) -> dict:
+    from lightseg_nas.speed import place_model
     from lightseg_nas.train import evaluate
 
     check_size(size, "--size")
     data = load_split(data_spec, split, size, val_fraction, val_seed, progress=progress)
-    metrics = evaluate(model, data, preprocessing)
+    metrics = evaluate(place_model(model, True), data, preprocessing)  # channels-last: the fast path on CPUs
     return {**metrics, "size": size, "split": split, "data": data.description, "synthetic": data.synthetic}
 
 

@@ -24,8 +24,9 @@ from lightseg_nas.errors import UserError
 from lightseg_nas.metrics import SegmentationMeter, predict_foreground
 from lightseg_nas.modelfile import make_record, save_record
 from lightseg_nas.models import INPUT_MULTIPLE, build_model
+from lightseg_nas.speed import channels_last_model, compiled, place_input, place_model
 
-__all__ = ["TrainSettings", "parse_options", "settings_from", "fit", "evaluate", "train_to_file", "resolve_device", "segmentation_loss"]
+__all__ = ["TrainSettings", "parse_options", "settings_from", "fit", "evaluate", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]
 
 
 class TrainSettings(BaseModel):
@@ -51,6 +52,15 @@ class TrainSettings(BaseModel):
     # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
     max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
     device: str = "auto"
+    # How the steps run (lightseg_nas/speed.py), not what they compute: weights and inputs
+    # channels-last (default), torch.compile of the training forward/backward (opt-in: it
+    # costs compile time per network and input shape).
+    channels_last: bool = True
+    compile: bool = False
+
+
+# Settings that choose how fast a run goes, not what it computes: a resume may change them.
+SPEED_FIELDS = ("channels_last", "compile")
 
 
 def parse_options(model_class: type[BaseModel], values: dict) -> BaseModel:
@@ -93,15 +103,17 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits, masks.long())
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: SegmentationData, preprocessing: dict, batch_size: int = 32, device=None) -> dict:
-    """Metrics of ``model`` on ``data`` at the data's cached size (eval mode, no augmentation)."""
+    """Metrics of ``model`` on ``data`` at the data's cached size (eval mode, no augmentation);
+    inputs take the model's memory format."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
+    nhwc = channels_last_model(model)
     meter = SegmentationMeter()
     for start in range(0, len(data), batch_size):
-        x = normalize(data.images[start : start + batch_size].to(device), preprocessing)
+        x = place_input(normalize(data.images[start : start + batch_size].to(device), preprocessing), nhwc)
         meter.update(predict_foreground(model(x)), data.masks[start : start + batch_size])
     model.train(was_training)
     return meter.compute()
@@ -172,58 +184,89 @@ def fit(
         model.to(device)
         start_epoch = len(history)
 
+    # The fast path: weights (and so Adam's state, made like them) and inputs channels-last,
+    # optionally the compiled forward; the model is handed back in the default layout.
+    place_model(model, settings.channels_last)
+    forward = compiled(model, settings.compile)
     step = start_epoch * steps_per_epoch
+    first_step = True  # carries one-time start-up (compilation, allocator warm-up): timed apart
     epochs = tqdm(range(start_epoch, settings.epochs), desc="training", unit="epoch", disable=None if progress else True, initial=start_epoch, total=settings.epochs)
-    for epoch in epochs:
-        generator = _epoch_generator(settings.seed, epoch)
-        order = torch.randperm(len(train_data), generator=generator)
-        encoder_only = epoch < settings.encoder_epochs
-        started, total_loss, batches = time.perf_counter(), 0.0, 0
-        for first in range(0, len(order), settings.batch_size):
-            if settings.max_steps is not None and step >= settings.max_steps:
+    try:
+        for epoch in epochs:
+            generator = _epoch_generator(settings.seed, epoch)
+            order = torch.randperm(len(train_data), generator=generator)
+            encoder_only = epoch < settings.encoder_epochs
+            started, total_loss, batches = time.perf_counter(), 0.0, 0
+            timed_images, timed_s, startup_s = 0, 0.0, 0.0
+            for first in range(0, len(order), settings.batch_size):
+                if settings.max_steps is not None and step >= settings.max_steps:
+                    break
+                step_started = time.perf_counter()
+                x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, device)
+                x = place_input(x, settings.channels_last)
+                logits = model.forward_encoder(x) if encoder_only else forward(x)
+                loss = segmentation_loss(logits, masks)
+                if extra_loss is not None and not encoder_only:
+                    loss = loss + extra_loss(x, logits, masks)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.item()
+                batches += 1
+                step += 1
+                if first_step:
+                    startup_s, first_step = time.perf_counter() - step_started, False
+                else:
+                    timed_images += len(x)
+                    timed_s += time.perf_counter() - step_started
+            if batches == 0:
                 break
-            x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, device)
-            logits = model.forward_encoder(x) if encoder_only else model(x)
-            loss = segmentation_loss(logits, masks)
-            if extra_loss is not None and not encoder_only:
-                loss = loss + extra_loss(x, logits, masks)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item()
-            batches += 1
-            step += 1
-        if batches == 0:
-            break
-        bad = non_finite_tensors(model.state_dict())
-        if bad:
-            raise FloatingPointError(f"weights became non-finite ({bad[0]}) in epoch {epoch + 1}")
-        metrics = evaluate(model, val_data, preprocessing, device=device)
-        row = {"epoch": epoch + 1, "loss": total_loss / batches, "seconds": time.perf_counter() - started, "stage": "encoder" if encoder_only else "full", **{f"val_{k}": v for k, v in metrics.items()}}
-        history.append(row)
-        epochs.set_postfix(loss=f"{row['loss']:.3f}", val_fg_iou=f"{100 * metrics['fg_iou']:.2f}")
-        if checkpoint is not None:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "history": history,
-                "settings": settings.model_dump(),
+            bad = non_finite_tensors(model.state_dict())
+            if bad:
+                raise FloatingPointError(f"weights became non-finite ({bad[0]}) in epoch {epoch + 1}")
+            training_s = time.perf_counter() - started
+            metrics = evaluate(model, val_data, preprocessing, device=device)
+            row = {
+                "epoch": epoch + 1, "loss": total_loss / batches, "seconds": time.perf_counter() - started,
+                "stage": "encoder" if encoder_only else "full",
+                # training steps only: no validation, no data loading, no first step of the run
+                "images_per_s": timed_images / timed_s if timed_s > 0 else None,
+                "timed_images": timed_images, "timed_s": timed_s, "startup_s": startup_s, "train_s": training_s,
+                **{f"val_{k}": v for k, v in metrics.items()},
             }
-            save_record(state, checkpoint)
-        if on_epoch is not None:
-            on_epoch(row)
+            history.append(row)
+            epochs.set_postfix(loss=f"{row['loss']:.3f}", val_fg_iou=f"{100 * metrics['fg_iou']:.2f}")
+            if checkpoint is not None:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "settings": settings.model_dump(),
+                }
+                save_record(state, checkpoint)
+            if on_epoch is not None:
+                on_epoch(row)
+    finally:
+        place_model(model, False)
     return history
+
+
+def images_per_s(history: list[dict]) -> Optional[float]:
+    """Training images per second of a run: its timed steps (no validation, no start-up)."""
+    images = sum(row.get("timed_images") or 0 for row in history)
+    seconds = sum(row.get("timed_s") or 0.0 for row in history)
+    return images / seconds if seconds > 0 else None
 
 
 def _check_same_settings(path: Path, stored, settings: TrainSettings) -> None:
     if not isinstance(stored, dict):
         raise UserError(f"{path}: a damaged checkpoint (no settings); delete it to start again")
     current = settings.model_dump()
-    differ = [f"{key} {stored.get(key)!r} (now {current[key]!r})" for key in current if stored.get(key) != current[key]]
+    differ = [f"{key} {stored.get(key)!r} (now {current[key]!r})" for key in current if key not in SPEED_FIELDS and stored.get(key) != current[key]]
     if differ:
         raise UserError(f"{path}: was written with other training settings: {', '.join(differ)}; resume with the same ones")
 
@@ -289,6 +332,7 @@ def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessin
         history=history,
         # summed over epochs, so a run resumed after a stop still reports all of its time
         train_seconds=sum(row["seconds"] for row in history),
+        images_per_s=images_per_s(history),
     )
     save_record(record, out_dir / "model.pt")
     checkpoint.unlink(missing_ok=True)

@@ -20,6 +20,14 @@ def test_measure_json_has_the_documented_fields():
     assert report["latency_ms"] > 0 and report["latency_ratio"] > 0
 
 
+@pytest.mark.parametrize("backend", ["torch", "torch-channels-last", "onnxruntime"])
+def test_measure_names_its_latency_backend(backend):
+    result = runner.invoke(app, ["measure", "--preset", "sinet", "--size", "64", "--repeats", "2", "--backend", backend, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["latency"]["backend"] == backend and report["latency_reference"]["backend"] == backend
+
+
 def test_measure_config_file_and_space_sample(tmp_path):
     path = tmp_path / "net.json"
     path.write_text(to_json(get_preset("extremec3net")))

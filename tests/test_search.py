@@ -11,9 +11,11 @@ from typer.testing import CliRunner
 
 import search_spaces
 from lightseg_nas.cli import app
+from lightseg_nas.errors import UserError
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study, run_search
 from lightseg_nas.search.fidelity import is_promoted, non_dominated_ranks, promotion_order
+from lightseg_nas.search.report import trials_dataframe
 
 runner = CliRunner()
 
@@ -161,6 +163,20 @@ def test_report_files_and_csv_match_the_study(tmp_path):
             assert row.val_fg_iou == pytest.approx(trial.values[0]) and row.params == trial.values[1]
     summary = (folder / "summary.md").read_text()
     assert "Pareto front" in summary and "sinet" in summary and "grad_norm" in summary
+
+
+def test_the_latency_backend_is_chosen_by_the_study_and_recorded(tmp_path):
+    path = write_study(tmp_path, minimize='["latency"]', fidelity="false")
+    path.write_text(path.read_text().replace("repeats = 1", 'repeats = 1\nbackend = "torch-channels-last"'))
+    study = run_search(load_study_file(path), n_trials=2, storage="memory", progress=False)
+    for trial in finished(study):
+        assert trial.user_attrs["latency_backend"] == "torch-channels-last" and trial.user_attrs["latency_ratio"] > 0
+        assert trial.user_attrs["images_per_s"] > 0
+    table = trials_dataframe(study)
+    assert set(table.latency_backend.dropna()) == {"torch-channels-last"}
+    path.write_text(path.read_text().replace('"torch-channels-last"', '"tpu"'))
+    with pytest.raises(UserError, match="cost.backend"):
+        load_study_file(path)
 
 
 def test_exported_config_trains_with_the_trainer(tmp_path):

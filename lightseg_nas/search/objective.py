@@ -26,7 +26,7 @@ from lightseg_nas.presets import get_preset
 from lightseg_nas.search.fidelity import is_promoted
 from lightseg_nas.search.proxies import compute_proxies
 from lightseg_nas.search.study_file import COST_ATTRS, StudyFile
-from lightseg_nas.train import TrainSettings, fit
+from lightseg_nas.train import TrainSettings, fit, images_per_s
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -64,9 +64,12 @@ class Objective:
         self._check_budgets(trial, costs, ("params", "macs"))
         if "latency" in needs:
             reference = build_model(get_preset(sf.cost.reference).model_copy(update={"num_classes": sf.study.num_classes}))
-            timing = measure_latency({"candidate": model, "reference": reference}, sf.cost.size, sf.cost.threads, warmup=2, repeats=sf.cost.repeats)
+            timing = measure_latency(
+                {"candidate": model, "reference": reference}, sf.cost.size, sf.cost.threads, warmup=2, repeats=sf.cost.repeats, backend=sf.cost.backend
+            )
             costs["latency"] = timing["candidate"].median_ms / timing["reference"].median_ms
             trial.set_user_attr("latency_ms", timing["candidate"].median_ms)
+            trial.set_user_attr("latency_backend", sf.cost.backend)
             trial.set_user_attr(COST_ATTRS["latency"], costs["latency"])
             self._check_budgets(trial, costs, ("latency",))
         return costs
@@ -170,21 +173,24 @@ class Objective:
                 trial.set_user_attr(f"proxy_{name}", value)
             self._screen(trial, scores)
 
-        epochs = 0
+        epochs, histories = 0, []
         try:
             for index, rung in enumerate(sf.fidelity.rungs):
                 settings = TrainSettings(
                     epochs=rung.epochs, size=rung.size, batch_size=sf.training.batch_size, lr=sf.training.lr,
                     weight_decay=sf.training.weight_decay, augment=sf.training.augment, seed=sf.study.seed,
                     val_fraction=sf.data.val_fraction, val_seed=sf.data.val_seed, device=sf.training.device,
+                    channels_last=sf.training.channels_last, compile=sf.training.compile,
                 )
                 history = fit(model, self.data("train", rung.size), self.data("val", rung.size), settings, self.preprocessing, progress=False)
                 accuracy = history[-1]["val_fg_iou"]
+                histories += history
                 epochs += rung.epochs
                 trial.set_user_attr(f"rung{index}_val_fg_iou", accuracy)
                 trial.set_user_attr("fidelity", index)
                 trial.set_user_attr("epochs", epochs)
                 trial.set_user_attr("train_seconds", time.perf_counter() - started)
+                trial.set_user_attr("images_per_s", images_per_s(histories))
                 last = index == len(sf.fidelity.rungs) - 1
                 if not last and sf.fidelity.enabled and not self._promoted(trial, index, accuracy, costs):
                     break

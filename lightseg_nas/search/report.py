@@ -29,8 +29,8 @@ COST_LABELS = {"params": "parameters", "macs": "MACs (fvcore)", "latency": "late
 
 
 TRIAL_COLUMNS = [
-    "number", "state", "arch_id", "baseline", "val_fg_iou", "params", "macs", "latency_ratio", "latency_ms", "fidelity",
-    "epochs", "full_fidelity", "duplicate_of", "infeasible", "reason", "train_seconds", "seed", "code_version",
+    "number", "state", "arch_id", "baseline", "val_fg_iou", "params", "macs", "latency_ratio", "latency_ms", "latency_backend", "fidelity",
+    "epochs", "full_fidelity", "duplicate_of", "infeasible", "reason", "train_seconds", "images_per_s", "seed", "code_version",
     "datetime_complete", *[f"proxy_{name}" for name in PROXIES],
 ]
 
@@ -57,6 +57,8 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
             "macs": attrs.get("macs"),
             "latency_ratio": attrs.get("latency_ratio"),
             "latency_ms": attrs.get("latency_ms"),
+            # studies from before the backend choice measured eager torch, the only backend then
+            "latency_backend": attrs.get("latency_backend", "torch" if attrs.get("latency_ms") is not None else None),
             "fidelity": attrs.get("fidelity"),
             "epochs": attrs.get("epochs"),
             "full_fidelity": attrs.get("fidelity") == last_rung,
@@ -64,6 +66,7 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
             "infeasible": bool(attrs.get("infeasible", False)),
             "reason": attrs.get("reason"),
             "train_seconds": attrs.get("train_seconds"),
+            "images_per_s": attrs.get("images_per_s"),
             "seed": attrs.get("seed"),
             "code_version": attrs.get("code_version"),
             "datetime_complete": trial.datetime_complete,

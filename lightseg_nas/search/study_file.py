@@ -87,6 +87,9 @@ class CostSection(_Section):
     # MACs (fvcore counter) and latency are measured at size x size, batch 1.
     size: InputSize = 224
     threads: int = _Count(1, 1, 1024)
+    # How latency is measured: torch (eager NCHW), torch-channels-last, onnxruntime; every
+    # latency figure records it (trial attribute latency_backend).
+    backend: Literal["torch", "torch-channels-last", "onnxruntime"] = "torch"
     repeats: int = _Count(10, 1, 100_000)
     # Latency is measured as a ratio to this preset, timed in the same run.
     reference: str = "sinet"
@@ -112,6 +115,10 @@ class TrainingSection(_Section):
     weight_decay: float = Field(1e-4, ge=0, le=10)
     augment: bool = True
     device: str = "auto"
+    # How trials train, not what (lightseg_nas/speed.py): channels-last on; torch.compile off,
+    # since its compile time (about a minute per network and size) exceeds a short trial's gain.
+    channels_last: bool = True
+    compile: bool = False
 
 
 class ScreenSection(_Section):
