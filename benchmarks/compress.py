@@ -44,7 +44,7 @@ OUT = Path(__file__).parent / "results"
 def _train(config, data: str, out: Path, settings, progress: bool) -> Path:
     if not (out / "model.pt").exists():
         print(f"training {out.name} ({settings.epochs} epochs)", flush=True)
-        train_to_file(config, data, out, settings, resume=True, progress=progress)
+        train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=progress)
     return out / "model.pt"
 
 

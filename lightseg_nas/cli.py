@@ -226,7 +226,7 @@ ChannelsLastOption = typer.Option(
     None, "--channels-last/--no-channels-last", help="Weights and inputs channels-last (NHWC): faster on CPUs, same computation.", show_default="on"
 )
 CompileOption = typer.Option(
-    None, "--compile/--no-compile", help="torch.compile the training step: faster per step, about a minute of compiling per network and input shape; pays on long runs.", show_default="off"
+    None, "--compile/--no-compile", help="torch.compile the training step: faster per step, about a minute of compiling per network and input shape, so it pays on long runs only.", show_default="automatic: on for runs of 2,000 steps or more"
 )
 
 
@@ -252,6 +252,11 @@ def train(
     preprocessing: Optional[Preprocessing] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe).", show_default="default"),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total (smoke tests)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this model file, or from a preset (extremec3net, sinet) with --teacher-weights."),
+    teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
+    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation (with --teacher).", show_default="1.0"),
+    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature (with --teacher).", show_default="2.0"),
+    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation (with --teacher).", show_default="1.0"),
     channels_last: Optional[bool] = ChannelsLastOption,
     compile_: Optional[bool] = CompileOption,
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last epoch."),
@@ -259,7 +264,10 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
 ):
-    """Train a config (or a preset) and write one self-contained model file, OUT/model.pt."""
+    """Train a config (or a preset) and write one self-contained model file, OUT/model.pt.
+
+    With --teacher, the loss adds pixel-wise and channel-wise distillation from that network
+    (the model file records the teacher)."""
     from lightseg_nas.measure import resolve_config
     from lightseg_nas.train import settings_from, train_to_file
 
@@ -268,12 +276,13 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
         seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
         preprocessing=_value(preprocessing), max_steps=max_steps, device=device, channels_last=channels_last, compile=compile_,
+        teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
     )
     _set_threads(threads)
-    record = train_to_file(network, data, out, settings, resume=resume, progress=progress)
+    record = train_to_file(network, data, out, settings, resume=resume, progress=progress, teacher_weights=teacher_weights)
     metrics = {
         **record["metrics"], "model": str(out / "model.pt"), "arch_id": record["arch_id"], "synthetic": record["data"]["synthetic"],
-        "images_per_s": record["images_per_s"], "train_seconds": record["train_seconds"],
+        "images_per_s": record["images_per_s"], "train_seconds": record["train_seconds"], "teacher": record["teacher"],
     }
     if as_json:
         _print_json(metrics)

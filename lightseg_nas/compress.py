@@ -21,13 +21,11 @@ from lightseg_nas import prune
 from lightseg_nas.config import config_from_dict, to_json
 from lightseg_nas.cost import count_params
 from lightseg_nas.data import load_split
-from lightseg_nas.data.transforms import get_preprocessing
-from lightseg_nas.distill import Distiller
+from lightseg_nas.distill import Distiller, load_teacher
 from lightseg_nas.errors import UserError
-from lightseg_nas.modelfile import atomic_write_text, load_model_file, load_record, make_record, save_record
+from lightseg_nas.modelfile import atomic_write_text, load_model_file, make_record, save_record
 from lightseg_nas.checks import InputSize, Seed, check_finite_state, check_output_file, load_state_file
 from lightseg_nas.models import build_model
-from lightseg_nas.presets import get_preset, list_presets, load_released_weights
 from lightseg_nas.train import SPEED_FIELDS, TrainSettings, evaluate, fit, parse_options, resolve_device
 
 __all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "config_path", "MAC_COUNTER"]
@@ -62,7 +60,7 @@ class CompressSettings(BaseModel):
     device: str = "auto"
     # How the fine-tuning runs, not what it computes (lightseg_nas/speed.py).
     channels_last: bool = True
-    compile: bool = False
+    compile: Optional[bool] = None  # None: automatic (lightseg_nas/speed.py)
 
 
 def settings_from(**values) -> CompressSettings:
@@ -79,29 +77,6 @@ def resolve_target(model: torch.nn.Module, settings: CompressSettings) -> Compre
         return settings
     current = prune.cost(model, settings.metric, settings.mac_size)
     return settings.model_copy(update={"target": max(1, int(current * settings.target_percent / 100))})
-
-
-def load_teacher(spec: str, weights: Optional[Path]) -> tuple[torch.nn.Module, dict, str]:
-    """(teacher in eval mode, its preprocessing, a description) from a model file or a preset."""
-    if spec in list_presets():
-        if weights is None:
-            raise UserError(f"--teacher {spec}: a preset teacher needs --teacher-weights FILE.pth (the released weights)")
-        model = load_released_weights(build_model(get_preset(spec)), spec, weights)
-        return model.eval(), get_preprocessing("released"), f"preset {spec} ({weights})"
-    if weights is not None:
-        raise UserError("--teacher-weights goes with a preset --teacher (a model file holds its own weights)")
-    path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"--teacher {spec}: neither a model file nor a preset ({', '.join(list_presets())})")
-    record = load_record(path)
-    classes = record["config"].get("num_classes") if isinstance(record["config"], dict) else None
-    if classes not in (1, 2):
-        raise UserError(
-            f"--teacher {spec}: its {classes!r} output classes cannot be mapped to background/foreground "
-            "(a teacher has 1 foreground logit or 2 softmax classes)"
-        )
-    model, record = load_model_file(path)
-    return model.eval(), record["preprocessing"], f"model file {path} (arch {record['arch_id']})"
 
 
 def check_target(model: torch.nn.Module, metric: str, target: int, mac_size: int) -> tuple[int, int]:

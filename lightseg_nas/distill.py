@@ -17,12 +17,19 @@ a trained one its own), and its logits are resized to the student's when they di
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
-from lightseg_nas.data.transforms import denormalize, normalize
+from lightseg_nas.data.transforms import denormalize, get_preprocessing, normalize
+from lightseg_nas.errors import UserError
+from lightseg_nas.modelfile import load_model_file, load_record
+from lightseg_nas.models import build_model
+from lightseg_nas.presets import get_preset, list_presets, load_released_weights
 
-__all__ = ["two_class_logits", "pixel_kd", "channel_wise_kd", "Distiller"]
+__all__ = ["two_class_logits", "pixel_kd", "channel_wise_kd", "Distiller", "load_teacher"]
 
 
 def two_class_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -88,3 +95,26 @@ class Distiller:
         if self.channel_weight:
             loss = loss + self.channel_weight * channel_wise_kd(student, teacher, self.temperature)
         return loss
+
+
+def load_teacher(spec: str, weights: Optional[Path]) -> tuple[torch.nn.Module, dict, str]:
+    """(teacher in eval mode, its preprocessing, a description) from a model file or a preset."""
+    if spec in list_presets():
+        if weights is None:
+            raise UserError(f"--teacher {spec}: a preset teacher needs --teacher-weights FILE.pth (the released weights)")
+        model = load_released_weights(build_model(get_preset(spec)), spec, weights)
+        return model.eval(), get_preprocessing("released"), f"preset {spec} ({weights})"
+    if weights is not None:
+        raise UserError("--teacher-weights goes with a preset --teacher (a model file holds its own weights)")
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--teacher {spec}: neither a model file nor a preset ({', '.join(list_presets())})")
+    record = load_record(path)
+    classes = record["config"].get("num_classes") if isinstance(record["config"], dict) else None
+    if classes not in (1, 2):
+        raise UserError(
+            f"--teacher {spec}: its {classes!r} output classes cannot be mapped to background/foreground "
+            "(a teacher has 1 foreground logit or 2 softmax classes)"
+        )
+    model, record = load_model_file(path)
+    return model.eval(), record["preprocessing"], f"model file {path} (arch {record['arch_id']})"

@@ -10,8 +10,9 @@ from PIL import Image, ImageFilter
 
 from lightseg_nas.checks import check_finite_number, check_output_dir, check_output_file, check_size
 from lightseg_nas.data import load_split
-from lightseg_nas.data.images import display_size, read_photo
+from lightseg_nas.data.images import display_size, read_photo, resize_linear
 from lightseg_nas.data.transforms import get_preprocessing, normalize
+from lightseg_nas.speed import place_input, place_model
 from lightseg_nas.errors import UserError
 from lightseg_nas.modelfile import atomic_write, load_model_file
 from lightseg_nas.models import build_model
@@ -48,7 +49,6 @@ def recorded_size(record: dict | None, default: int = 224) -> tuple[int, str]:
 def evaluate_network(
     model, preprocessing: dict, data_spec: str, split: str, size: int, val_fraction: float, val_seed: int, progress: bool = True
 ) -> dict:
-    from lightseg_nas.speed import place_model
     from lightseg_nas.train import evaluate
 
     check_size(size, "--size")
@@ -79,7 +79,7 @@ def _output_names(images: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
 PREVIEW_LONGEST = 2048
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_images(model, preprocessing: dict, images: list[Path], out_dir: Path, size: int = 224, preview: str = "blur") -> list[Path]:
     """For each image: NAME_mask.png (0/255 at the image's own displayed size, EXIF
     orientation applied) and NAME_preview.jpg (background blurred, or replaced by flat grey
@@ -92,10 +92,11 @@ def predict_images(model, preprocessing: dict, images: list[Path], out_dir: Path
     outputs = _output_names(images, out_dir)
     sizes = [display_size(path) for path in images]  # every image readable before anything is written
     written = []
+    place_model(model.eval(), True)  # channels-last: the fast path on CPUs
     for path, (width, height), (mask_path, preview_path) in zip(images, sizes, outputs):
         picture = read_photo(path, longest=max(size, PREVIEW_LONGEST), upright=True)
-        x = torch.from_numpy(np.array(picture.resize((size, size), Image.BILINEAR))).permute(2, 0, 1)[None]
-        logits = model(normalize(x, preprocessing))
+        x = torch.from_numpy(resize_linear(np.array(picture), size)).permute(2, 0, 1)[None]  # as in training
+        logits = model(place_input(normalize(x, preprocessing), True))
         if not torch.isfinite(logits).all():
             raise UserError(f"{path}: the network's output is not finite; nothing written for it")
         # foreground probability at the network's size, resized with PIL (uint8) to the photo's

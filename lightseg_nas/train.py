@@ -20,11 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lightseg_nas.checks import InputSize, Seed, check_finite_state, check_output_dir, folder_lock, load_state_file, non_finite_tensors
 from lightseg_nas.data import SegmentationData, load_split
 from lightseg_nas.data.transforms import augment, get_preprocessing, normalize
+from lightseg_nas.distill import Distiller, load_teacher
 from lightseg_nas.errors import UserError
 from lightseg_nas.metrics import SegmentationMeter, predict_foreground
 from lightseg_nas.modelfile import make_record, save_record
 from lightseg_nas.models import INPUT_MULTIPLE, build_model
-from lightseg_nas.speed import channels_last_model, compiled, place_input, place_model
+from lightseg_nas.speed import channels_last_model, compiled, place_input, place_model, use_compile
 
 __all__ = ["TrainSettings", "parse_options", "settings_from", "fit", "evaluate", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]
 
@@ -52,11 +53,17 @@ class TrainSettings(BaseModel):
     # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
     max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
     device: str = "auto"
+    # Distillation (lightseg_nas/distill.py), when a teacher is given: the teacher as named
+    # (a model file or a preset), pixel-wise KD weight and temperature, channel-wise weight.
+    teacher: Optional[str] = None
+    kd_weight: float = Field(1.0, ge=0, le=1e6)
+    kd_temperature: float = Field(2.0, gt=0, le=1e3)
+    cwd_weight: float = Field(1.0, ge=0, le=1e6)
     # How the steps run (lightseg_nas/speed.py), not what they compute: weights and inputs
-    # channels-last (default), torch.compile of the training forward/backward (opt-in: it
-    # costs compile time per network and input shape).
+    # channels-last (default); torch.compile of the training forward/backward: True, False,
+    # or None = automatic (on for runs long enough to earn back the compile time).
     channels_last: bool = True
-    compile: bool = False
+    compile: Optional[bool] = None
 
 
 # Settings that choose how fast a run goes, not what it computes: a resume may change them.
@@ -187,7 +194,10 @@ def fit(
     # The fast path: weights (and so Adam's state, made like them) and inputs channels-last,
     # optionally the compiled forward; the model is handed back in the default layout.
     place_model(model, settings.channels_last)
-    forward = compiled(model, settings.compile)
+    planned = (settings.epochs - start_epoch) * steps_per_epoch
+    if settings.max_steps is not None:
+        planned = min(planned, max(0, settings.max_steps - start_epoch * steps_per_epoch))
+    forward = compiled(model, use_compile(settings.compile, planned, device))
     step = start_epoch * steps_per_epoch
     first_step = True  # carries one-time start-up (compilation, allocator warm-up): timed apart
     epochs = tqdm(range(start_epoch, settings.epochs), desc="training", unit="epoch", disable=None if progress else True, initial=start_epoch, total=settings.epochs)
@@ -284,8 +294,12 @@ def train_to_file(
     resume: bool = False,
     progress: bool = True,
     init_state: Optional[dict] = None,
+    teacher_weights: Optional[Path] = None,
 ) -> dict:
     """Load data, train ``config`` and write ``out_dir/model.pt``; return the record.
+
+    With ``settings.teacher`` (a model file, or a preset with ``teacher_weights``), the loss
+    adds distillation from it, and the record names the teacher.
 
     ``out_dir/checkpoint.pt`` holds the resumable state; ``out_dir/model.pt`` is written
     (atomically) only when training ends.
@@ -299,7 +313,15 @@ def train_to_file(
     if resume and not checkpoint.exists():
         raise UserError(f"{out_dir}: nothing to resume (no checkpoint.pt); leave out --resume to start a new run")
     preprocessing = get_preprocessing(settings.preprocessing)
-    resolve_device(settings.device)
+    device = resolve_device(settings.device)
+    distiller, teacher = None, None
+    if settings.teacher is not None:
+        teacher_model, teacher_preprocessing, teacher = load_teacher(settings.teacher, teacher_weights)
+        distiller = Distiller(
+            teacher_model.to(device), teacher_preprocessing, preprocessing, settings.kd_temperature, settings.kd_weight, settings.cwd_weight
+        )
+    elif teacher_weights is not None:
+        raise UserError("--teacher-weights goes with --teacher PRESET")
     if resume:
         _check_same_settings(checkpoint, load_state_file(checkpoint, "checkpoint").get("settings"), settings)
     train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
@@ -308,16 +330,16 @@ def train_to_file(
     with folder_lock(out_dir, "training run"):
         if (out_dir / "model.pt").exists() or (checkpoint.exists() and not resume):  # another run got here first
             raise UserError(f"{out_dir}: another run wrote here meanwhile; choose another --out")
-        return _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data)
+        return _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data, distiller, teacher)
 
 
-def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data) -> dict:
+def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data, distiller, teacher) -> dict:
     torch.manual_seed(settings.seed)
     model = build_model(config)
     if init_state is not None:
         model.load_state_dict(init_state)
     try:
-        history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress)
+        history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress, extra_loss=distiller)
     except FloatingPointError as error:
         raise UserError(diverged_message(error, checkpoint)) from None
     check_finite_state(model.state_dict(), "the trained network")
@@ -333,6 +355,8 @@ def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessin
         # summed over epochs, so a run resumed after a stop still reports all of its time
         train_seconds=sum(row["seconds"] for row in history),
         images_per_s=images_per_s(history),
+        # what taught this network besides the labels (None: the labels alone)
+        teacher=teacher,
     )
     save_record(record, out_dir / "model.pt")
     checkpoint.unlink(missing_ok=True)

@@ -226,3 +226,52 @@ def test_meter_perfect_and_empty_images():
     meter.update(target.clone(), target)
     metrics = meter.compute()
     assert metrics["fg_iou"] == 1.0 and metrics["miou"] == 1.0 and metrics["boundary_f"] == 1.0
+
+
+def test_train_with_a_teacher_distils_and_records_it(tmp_path):
+    base = ["--data", "synthetic:count=8", "--size", "32", "--epochs", "2", "--batch-size", "4", "--no-progress"]
+    teacher = tmp_path / "teacher"
+    assert runner.invoke(app, ["train", "--preset", "sinet", "--out", str(teacher), *base]).exit_code == 0
+    config = tmp_path / "net.json"
+    config.write_text(to_json(_tiny_config()))
+    plain = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "plain"), *base])
+    silent = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "silent"), *base, "--teacher", str(teacher / "model.pt"), "--kd-weight", "0", "--cwd-weight", "0"])
+    taught = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "taught"), *base, "--teacher", str(teacher / "model.pt"), "--json"])
+    assert plain.exit_code == silent.exit_code == taught.exit_code == 0, (plain.output, silent.output, taught.output)
+    assert "model file" in json.loads(taught.stdout)["teacher"]
+    records = {name: torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("plain", "silent", "taught")}
+    assert records["plain"]["teacher"] is None and records["taught"]["training"]["teacher"] == str(teacher / "model.pt")
+    # the teacher's terms are the only change: at weight 0 the run is the plain one, bit for bit
+    for key, value in records["plain"]["state_dict"].items():
+        assert torch.equal(value, records["silent"]["state_dict"][key]), key
+    assert any(not torch.equal(v, records["taught"]["state_dict"][k]) for k, v in records["plain"]["state_dict"].items())
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--teacher", "sinet"], "needs --teacher-weights"),
+        (["--teacher-weights", "x.pth"], "--teacher-weights goes with"),
+        (["--teacher", "no/such/file.pt"], "neither a model file nor a preset"),
+        (["--teacher", "sinet", "--teacher-weights", "x.pth", "--kd-temperature", "0"], "--kd-temperature"),
+    ],
+)
+def test_bad_teachers_are_refused_before_any_work(tmp_path, args, expected):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--preset", "sinet", "--data", "synthetic:count=8", "--size", "32", "--out", str(out), "--no-progress", *args])
+    assert result.exit_code == 2 and expected in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_compiling_is_automatic_for_long_runs_only(monkeypatch):
+    from lightseg_nas import speed
+    from lightseg_nas.errors import UserError
+
+    monkeypatch.setattr(speed.shutil, "which", lambda name: "/usr/bin/g++")
+    assert not speed.use_compile(None, speed.COMPILE_AUTO_STEPS - 1)
+    assert speed.use_compile(None, speed.COMPILE_AUTO_STEPS)
+    assert not speed.use_compile(False, 10**6) and speed.use_compile(True, 1)
+    monkeypatch.setattr(speed.shutil, "which", lambda name: None)  # no C++ compiler
+    assert not speed.use_compile(None, 10**6)
+    with pytest.raises(UserError, match="C\\+\\+ compiler"):
+        speed.use_compile(True, 1)

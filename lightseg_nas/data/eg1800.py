@@ -9,7 +9,9 @@ Layouts (detected from the folder):
 
 Splits come from the list files. ``val`` is carved deterministically out of the training list
 (seed and fraction recorded); ``train`` is then the rest of it, so nothing trains on ``val``.
-``trainval`` is the whole training list.
+``trainval`` is the whole training list. Images and masks are resized to the square input
+the way the papers' OpenCV code does it (``data/images.py``: bilinear without antialiasing,
+top-left nearest masks), for training and evaluation alike.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from lightseg_nas.data.images import read_mask, read_photo
+from lightseg_nas.data.images import read_mask, read_photo, resize_linear, resize_nearest
 from lightseg_nas.errors import UserError
 
 CARVED_SPLITS = ("train", "val")
@@ -116,10 +117,9 @@ def _load_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
     if not set(values.tolist()) <= {0, 1, 255}:
         bad = [v for v in values.tolist() if v not in (0, 1, 255)][:3]
         raise UserError(f"{sample.mask}: mask has values other than 0/1/255 (for example {bad})")
-    # The papers train and score at a square size, ignoring the aspect ratio.
-    image = np.asarray(image.resize((size, size), Image.BILINEAR))
-    mask = np.asarray(Image.fromarray((mask > 0).astype(np.uint8)).resize((size, size), Image.NEAREST))
-    return image, mask
+    # The papers train and score at a square size, ignoring the aspect ratio, resized the
+    # way their OpenCV code resizes (images/resize_linear, resize_nearest).
+    return resize_linear(np.asarray(image), size), resize_nearest((mask > 0).astype(np.uint8), size)
 
 
 def load_eg1800(root: Path, split: str, size: int, val_fraction: float, val_seed: int, progress: bool = False):

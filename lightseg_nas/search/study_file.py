@@ -115,10 +115,10 @@ class TrainingSection(_Section):
     weight_decay: float = Field(1e-4, ge=0, le=10)
     augment: bool = True
     device: str = "auto"
-    # How trials train, not what (lightseg_nas/speed.py): channels-last on; torch.compile off,
-    # since its compile time (about a minute per network and size) exceeds a short trial's gain.
+    # How trials train, not what (lightseg_nas/speed.py): channels-last on; torch.compile
+    # automatic unless set (a trial is far shorter than the steps that earn back compiling).
     channels_last: bool = True
-    compile: bool = False
+    compile: Optional[bool] = None
 
 
 class ScreenSection(_Section):

@@ -1,0 +1,138 @@
+"""Fidelity audit: do the search's cheap signals rank networks the way long training does?
+
+    python benchmarks/fidelity_audit.py [STUDY] [--count 12] [--epochs 30] [--size 160]
+                                        [--eval-size 224] [--runs runs/audit] [--threads 2]
+
+Picks ``--count`` architectures of a finished study (by default the committed
+``studies/eg1800_extremec3.toml``): every baseline trial, then the full-fidelity front,
+then dominated full-fidelity trials spread over the parameter range. Trains each from
+scratch with one long protocol (same seed, same training list minus the same validation
+split as the study) and scores it at ``--eval-size`` on that validation split (per-image
+foreground IoU, the papers' "mIoU"). Then, against that final figure, Kendall's tau and
+Spearman's rho of each cheap signal the search used: the value after each rung, each
+zero-cost proxy, and the parameter count alone (the baseline a cheap signal must beat), and
+how many of the final top 3 each signal puts in its own top 3.
+
+Resumable: each network trains under RUNS/<arch_id>/ with a checkpoint every epoch (a stop
+loses at most one epoch); finished networks are read back from their model files.
+Writes benchmarks/results/fidelity_audit.md and fidelity_audit.csv after every network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from scipy.stats import kendalltau, spearmanr
+
+from lightseg_nas.config import config_from_dict
+from lightseg_nas.inference import evaluate_network, load_network
+from lightseg_nas.search import load_study_file, open_study
+from lightseg_nas.search.report import trials_dataframe
+from lightseg_nas.train import settings_from, train_to_file
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).parent / "results"
+
+
+def _spread(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    """k rows evenly spaced over the parameter range."""
+    frame = frame.sort_values("params")
+    if k <= 0 or frame.empty:
+        return frame.iloc[:0]
+    picks = sorted({round(i * (len(frame) - 1) / max(1, k - 1)) for i in range(k)})
+    return frame.iloc[picks]
+
+
+def choose(table: pd.DataFrame, count: int) -> pd.DataFrame:
+    """Every baseline, then front members and the rest in equal parts, each spread over the
+    parameter range. The rest includes trials the search stopped at a lower rung (they have
+    fewer cheap signals; each signal is scored on the trials that have it)."""
+    done = table[(table.state == "COMPLETE") & table.duplicate_of.isna()]
+    baselines = done[done.baseline.notna()]
+    front, dominated = done[done.on_front & done.baseline.isna()], done[~done.on_front & done.baseline.isna()]
+    left = max(0, count - len(baselines))
+    k_dominated = min(len(dominated), left // 2)
+    k_front = min(len(front), left - k_dominated)
+    k_dominated = min(len(dominated), left - k_front)
+    return pd.concat([baselines, _spread(front, k_front), _spread(dominated, k_dominated)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", nargs="?", type=Path, default=REPO / "studies" / "eg1800_extremec3.toml")
+    parser.add_argument("--count", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--eval-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "audit")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    study_file = load_study_file(args.study)
+    study = open_study(study_file, create=False)
+    table = trials_dataframe(study)
+    chosen = choose(table, args.count)
+    data = study_file.data_spec()
+    settings = settings_from(
+        epochs=args.epochs, size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        val_fraction=study_file.data.val_fraction, val_seed=study_file.data.val_seed,
+    )
+    proxies = [c for c in table.columns if c.startswith("proxy_")]
+    rungs = [c for c in table.columns if c.startswith("rung") and c.endswith("_val_fg_iou")]
+    rows = []
+    for _, trial in chosen.iterrows():
+        attrs = study.trials[int(trial.number)].user_attrs
+        out = args.runs / trial.arch_id
+        if not (out / "model.pt").exists():
+            print(f"training trial {int(trial.number)} ({trial.arch_id}, {int(trial.params):,} params) in {out}", flush=True)
+            config = config_from_dict(json.loads(attrs["config"]) if isinstance(attrs["config"], str) else attrs["config"])
+            train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
+        model, preprocessing, record = load_network(out / "model.pt")
+        final = evaluate_network(model, preprocessing, data, "val", args.eval_size, settings.val_fraction, settings.val_seed, progress=False)
+        rows.append({
+            "trial": int(trial.number), "arch_id": trial.arch_id, "baseline": trial.baseline, "on_front": bool(trial.on_front),
+            "params": int(trial.params), "final_val_fg_iou": final["fg_iou"], "cpu_minutes": record["train_seconds"] / 60,
+            **{c: attrs.get(c) for c in rungs}, **{c: attrs.get(c) for c in proxies},
+        })
+        write(pd.DataFrame(rows), rungs + proxies + ["params"], args)
+
+
+def write(frame: pd.DataFrame, signals: list[str], args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out / "fidelity_audit.csv", index=False)
+    lines = [
+        "# Fidelity audit",
+        "",
+        f"{len(frame)} architectures of `{args.study.name}`, each trained from scratch for {args.epochs} epochs at {args.size} px "
+        f"(batch {args.batch_size}, lr {args.lr:g}, seed {args.seed}), scored on the study's validation split at {args.eval_size} px "
+        "(per-image foreground IoU). Written by `python benchmarks/fidelity_audit.py`.",
+        "",
+        frame.assign(final_val_fg_iou=frame.final_val_fg_iou * 100).to_markdown(index=False, floatfmt=".4g"),
+        "",
+    ]
+    if len(frame) >= 4:
+        agreement = []
+        for signal in signals:
+            present = frame[frame[signal].notna()]
+            if len(present) < 4:
+                continue
+            values, final = present[signal].astype(float), present.final_val_fg_iou
+            tau, rho = kendalltau(values, final).statistic, spearmanr(values, final).statistic
+            # of the final top 3 among these trials, how many this signal also ranks top 3
+            hits = len(set(present.nlargest(3, "final_val_fg_iou").arch_id) & set(present.loc[values.nlargest(3).index, "arch_id"]))
+            agreement.append({"signal": signal, "trials": len(present), "kendall_tau": tau, "spearman_rho": rho, "final_top3_in_its_top3": hits})
+        lines += ["Agreement of each cheap signal with the final validation fg IoU:", "", pd.DataFrame(agreement).to_markdown(index=False, floatfmt=".2f"), ""]
+    (args.out / "fidelity_audit.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
