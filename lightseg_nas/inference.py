@@ -79,7 +79,7 @@ def _output_names(images: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
 PREVIEW_LONGEST = 2048
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the layout change below must leave ordinary parameters
 def predict_images(model, preprocessing: dict, images: list[Path], out_dir: Path, size: int = 224, preview: str = "blur") -> list[Path]:
     """For each image: NAME_mask.png (0/255 at the image's own displayed size, EXIF
     orientation applied) and NAME_preview.jpg (background blurred, or replaced by flat grey

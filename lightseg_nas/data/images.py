@@ -128,7 +128,7 @@ def read_mask(path: Path) -> np.ndarray:
 def resize_linear(image: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 -> (height, width, 3) uint8 as OpenCV's INTER_LINEAR computes it in
     floating point (the official code resized the float image), rounded to uint8."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]  # a writable float copy
     y = F.interpolate(x, size=(height, width or height), mode="bilinear", align_corners=False, antialias=False)
     return y[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
