@@ -24,7 +24,7 @@ from lightseg_nas.distill import Distiller, load_teacher
 from lightseg_nas.errors import UserError
 from lightseg_nas.metrics import SegmentationMeter, predict_foreground
 from lightseg_nas.modelfile import make_record, save_record
-from lightseg_nas.models import INPUT_MULTIPLE, build_model
+from lightseg_nas.models import build_model
 from lightseg_nas.speed import channels_last_model, compiled, place_input, place_model, use_compile
 
 __all__ = ["TrainSettings", "parse_options", "settings_from", "fit", "evaluate", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]

@@ -9,7 +9,6 @@ import struct
 import zlib
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import torch

@@ -21,7 +21,6 @@ import shlex
 import shutil
 from pathlib import Path
 
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 

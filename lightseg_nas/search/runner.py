@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from pathlib import Path
 import warnings
 
 import optuna
