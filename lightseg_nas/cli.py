@@ -85,7 +85,7 @@ def _group(
     """Architecture search and compression for lightweight portrait segmentation."""
 
 
-class Backend(str, Enum):
+class Backend(str, Enum):  # cost.LATENCY_BACKENDS, listed here to keep --help free of torch (tested equal)
     torch = "torch"
     torch_channels_last = "torch-channels-last"
     onnxruntime = "onnxruntime"

@@ -15,18 +15,19 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from lightseg_nas import prune
 from lightseg_nas.config import config_from_dict, to_json
 from lightseg_nas.cost import count_params
 from lightseg_nas.data import load_split
-from lightseg_nas.distill import Distiller, load_teacher
+from lightseg_nas.distill import Distiller, DistillSettings, load_teacher
 from lightseg_nas.errors import UserError
 from lightseg_nas.modelfile import atomic_write_text, load_model_file, make_record, save_record
 from lightseg_nas.checks import InputSize, Seed, check_finite_state, check_output_file, load_state_file
 from lightseg_nas.models import build_model
-from lightseg_nas.train import SPEED_FIELDS, TrainSettings, evaluate, fit, parse_options, resolve_device
+from lightseg_nas.speed import SPEED_FIELDS, SpeedSettings
+from lightseg_nas.train import TrainSettings, evaluate, fit, parse_options, resolve_device
 
 __all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "config_path", "MAC_COUNTER"]
 
@@ -34,7 +35,7 @@ __all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file
 MAC_COUNTER = prune.MAC_COUNTER
 
 
-class CompressSettings(BaseModel):
+class CompressSettings(DistillSettings, SpeedSettings):
     # allow_inf_nan=False: nan and inf are refused for every number
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     metric: Literal["params", "macs"]
@@ -52,15 +53,9 @@ class CompressSettings(BaseModel):
     seed: Seed = 0
     val_fraction: float = Field(0.1, gt=0, lt=1)
     val_seed: Seed = 0
-    kd_weight: float = Field(1.0, ge=0, le=1e6)
-    kd_temperature: float = Field(2.0, gt=0, le=1e3)
-    cwd_weight: float = Field(1.0, ge=0, le=1e6)
     # Stop each fine-tuning after this many steps (smoke tests); None = whole epochs.
     max_steps_per_step: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
     device: str = "auto"
-    # How the fine-tuning runs, not what it computes (lightseg_nas/speed.py).
-    channels_last: bool = True
-    compile: Optional[bool] = None  # None: automatic (lightseg_nas/speed.py)
 
 
 def settings_from(**values) -> CompressSettings:

@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from lightseg_nas.data.transforms import denormalize, get_preprocessing, normalize
 from lightseg_nas.errors import UserError
@@ -29,7 +30,16 @@ from lightseg_nas.modelfile import load_model_file, load_record
 from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset, list_presets, load_released_weights
 
-__all__ = ["two_class_logits", "pixel_kd", "channel_wise_kd", "Distiller", "load_teacher"]
+__all__ = ["two_class_logits", "pixel_kd", "channel_wise_kd", "Distiller", "DistillSettings", "load_teacher"]
+
+
+class DistillSettings(BaseModel):
+    """The distillation terms' settings, shared by ``train --teacher`` and ``compress``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    kd_weight: float = Field(1.0, ge=0, le=1e6)
+    kd_temperature: float = Field(2.0, gt=0, le=1e3)
+    cwd_weight: float = Field(1.0, ge=0, le=1e6)
 
 
 def two_class_logits(logits: torch.Tensor) -> torch.Tensor:

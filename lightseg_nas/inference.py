@@ -53,7 +53,7 @@ def evaluate_network(
 
     check_size(size, "--size")
     data = load_split(data_spec, split, size, val_fraction, val_seed, progress=progress)
-    metrics = evaluate(place_model(model, True), data, preprocessing)  # channels-last: the fast path on CPUs
+    metrics = evaluate(place_model(model, True), data, preprocessing, channels_last=True)  # the fast path on CPUs
     return {**metrics, "size": size, "split": split, "data": data.description, "synthetic": data.synthetic}
 
 

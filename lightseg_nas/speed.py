@@ -25,15 +25,30 @@ from __future__ import annotations
 import shutil
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from lightseg_nas.errors import UserError
 
-__all__ = ["memory_format", "place_model", "place_input", "compiled", "use_compile", "COMPILE_AUTO_STEPS"]
+__all__ = ["memory_format", "place_model", "place_input", "compiled", "use_compile", "COMPILE_AUTO_STEPS", "SpeedSettings", "SPEED_FIELDS"]
 
 # Runs of at least this many training steps compile in automatic mode. Measured break-even
 # (benchmarks/results/throughput.md, trainer at 160 px on EG1800, two compiled shapes):
 # about 950 steps for ExtremeC3Net and 1,700 for SINet; this threshold is above both.
 COMPILE_AUTO_STEPS = 2000
+
+
+class SpeedSettings(BaseModel):
+    """How a run's steps execute, not what they compute (shared by training, compression and
+    a study's trials): channels-last weights and inputs; torch.compile True, False or None
+    (automatic)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    channels_last: bool = True
+    compile: bool | None = None
+
+
+# A resume may change these (they choose how fast a run goes, not what it computes).
+SPEED_FIELDS = tuple(SpeedSettings.model_fields)
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
@@ -47,14 +62,6 @@ def place_model(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
 
 def place_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=memory_format(channels_last)) if x.dim() == 4 else x
-
-
-def channels_last_model(model: torch.nn.Module) -> bool:
-    """Whether the model's convolution weights are stored channels-last."""
-    for parameter in model.parameters():
-        if parameter.dim() == 4 and parameter.shape[1] > 1 and parameter.shape[2] * parameter.shape[3] > 1:
-            return parameter.is_contiguous(memory_format=torch.channels_last) and not parameter.is_contiguous()
-    return False
 
 
 def _compiler() -> str | None:

@@ -20,17 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lightseg_nas.checks import InputSize, Seed, check_finite_state, check_output_dir, folder_lock, load_state_file, non_finite_tensors
 from lightseg_nas.data import SegmentationData, load_split
 from lightseg_nas.data.transforms import augment, get_preprocessing, normalize
-from lightseg_nas.distill import Distiller, load_teacher
+from lightseg_nas.distill import Distiller, DistillSettings, load_teacher
 from lightseg_nas.errors import UserError
 from lightseg_nas.metrics import SegmentationMeter, predict_foreground
 from lightseg_nas.modelfile import make_record, save_record
 from lightseg_nas.models import build_model
-from lightseg_nas.speed import channels_last_model, compiled, place_input, place_model, use_compile
+from lightseg_nas.speed import SPEED_FIELDS, SpeedSettings, compiled, place_input, place_model, use_compile
 
 __all__ = ["TrainSettings", "parse_options", "settings_from", "fit", "evaluate", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]
 
 
-class TrainSettings(BaseModel):
+class TrainSettings(DistillSettings, SpeedSettings):
     # allow_inf_nan=False: a learning rate of inf or nan is refused, not trained with
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -53,21 +53,9 @@ class TrainSettings(BaseModel):
     # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
     max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
     device: str = "auto"
-    # Distillation (lightseg_nas/distill.py), when a teacher is given: the teacher as named
-    # (a model file or a preset), pixel-wise KD weight and temperature, channel-wise weight.
+    # Distillation (DistillSettings: kd_weight, kd_temperature, cwd_weight) from this teacher,
+    # as named: a model file or a preset; how the steps run: SpeedSettings.
     teacher: Optional[str] = None
-    kd_weight: float = Field(1.0, ge=0, le=1e6)
-    kd_temperature: float = Field(2.0, gt=0, le=1e3)
-    cwd_weight: float = Field(1.0, ge=0, le=1e6)
-    # How the steps run (lightseg_nas/speed.py), not what they compute: weights and inputs
-    # channels-last (default); torch.compile of the training forward/backward: True, False,
-    # or None = automatic (on for runs long enough to earn back the compile time).
-    channels_last: bool = True
-    compile: Optional[bool] = None
-
-
-# Settings that choose how fast a run goes, not what it computes: a resume may change them.
-SPEED_FIELDS = ("channels_last", "compile")
 
 
 def parse_options(model_class: type[BaseModel], values: dict) -> BaseModel:
@@ -111,16 +99,15 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, data: SegmentationData, preprocessing: dict, batch_size: int = 32, device=None) -> dict:
+def evaluate(model: torch.nn.Module, data: SegmentationData, preprocessing: dict, batch_size: int = 32, device=None, channels_last: bool = False) -> dict:
     """Metrics of ``model`` on ``data`` at the data's cached size (eval mode, no augmentation);
-    inputs take the model's memory format."""
+    ``channels_last``: inputs in the layout of a model placed channels-last."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    nhwc = channels_last_model(model)
     meter = SegmentationMeter()
     for start in range(0, len(data), batch_size):
-        x = place_input(normalize(data.images[start : start + batch_size].to(device), preprocessing), nhwc)
+        x = place_input(normalize(data.images[start : start + batch_size].to(device), preprocessing), channels_last)
         meter.update(predict_foreground(model(x)), data.masks[start : start + batch_size])
     model.train(was_training)
     return meter.compute()
@@ -237,14 +224,13 @@ def fit(
             bad = non_finite_tensors(model.state_dict())
             if bad:
                 raise FloatingPointError(f"weights became non-finite ({bad[0]}) in epoch {epoch + 1}")
-            training_s = time.perf_counter() - started
-            metrics = evaluate(model, val_data, preprocessing, device=device)
+            metrics = evaluate(model, val_data, preprocessing, device=device, channels_last=settings.channels_last)
             row = {
                 "epoch": epoch + 1, "loss": total_loss / batches, "seconds": time.perf_counter() - started,
                 "stage": "encoder" if encoder_only else "full",
                 # training steps only: no validation, no data loading, no first step of the run
                 "images_per_s": timed_images / timed_s if timed_s > 0 else None,
-                "timed_images": timed_images, "timed_s": timed_s, "startup_s": startup_s, "train_s": training_s,
+                "timed_images": timed_images, "timed_s": timed_s, "startup_s": startup_s,
                 **{f"val_{k}": v for k, v in metrics.items()},
             }
             history.append(row)

@@ -62,3 +62,10 @@ def test_measure_malformed_config_file(tmp_path):
     result = runner.invoke(app, ["measure", "--config", str(path)])
     assert result.exit_code == 2
     assert "not valid JSON" in result.stderr and str(path) in result.stderr
+
+
+def test_the_cli_lists_every_latency_backend():
+    from lightseg_nas.cli import Backend
+    from lightseg_nas.cost import LATENCY_BACKENDS
+
+    assert tuple(b.value for b in Backend) == LATENCY_BACKENDS

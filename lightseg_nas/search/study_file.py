@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lightseg_nas.checks import InputSize, Seed, reject_bools
+from lightseg_nas.cost import LATENCY_BACKENDS
 from lightseg_nas.errors import UserError
 
 # Cost objective -> the trial attribute that holds it (latency is kept as a ratio).
@@ -89,7 +90,7 @@ class CostSection(_Section):
     threads: int = _Count(1, 1, 1024)
     # How latency is measured: torch (eager NCHW), torch-channels-last, onnxruntime; every
     # latency figure records it (trial attribute latency_backend).
-    backend: Literal["torch", "torch-channels-last", "onnxruntime"] = "torch"
+    backend: Literal[LATENCY_BACKENDS] = "torch"
     repeats: int = _Count(10, 1, 100_000)
     # Latency is measured as a ratio to this preset, timed in the same run.
     reference: str = "sinet"
