@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lightseg_nas.cli import app
@@ -21,9 +22,14 @@ def test_measure_json_has_the_documented_fields():
 
 
 @pytest.mark.parametrize("backend", ["torch", "torch-channels-last", "onnxruntime"])
-def test_measure_names_its_latency_backend(backend):
+def test_measure_names_its_latency_backend(backend, monkeypatch):
+    from lightseg_nas import cost
+
+    placed = []
+    monkeypatch.setattr(cost, "place_model", lambda model, channels_last: placed.append(channels_last) or model.to(memory_format=torch.channels_last))
     result = runner.invoke(app, ["measure", "--preset", "sinet", "--size", "64", "--repeats", "2", "--backend", backend, "--json"])
     assert result.exit_code == 0, result.output
+    assert placed == ([True, True] if backend == "torch-channels-last" else [])  # candidate and reference
     report = json.loads(result.output)
     assert report["latency"]["backend"] == backend and report["latency_reference"]["backend"] == backend
 

@@ -138,7 +138,10 @@ class _Tiny(torch.nn.Module):
         return self.body(x)
 
 
-def test_compiled_training_runs_and_matches_eager():
+def test_compiled_training_runs_and_matches_eager(monkeypatch):
+    compiled_models = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **options: compiled_models.append(model) or real_compile(model, **options))
     data = load_split("synthetic:count=8", "train", 32), load_split("synthetic:count=8", "val", 32)
     models, histories = {}, {}
     for compile_it in (False, True):
@@ -146,6 +149,7 @@ def test_compiled_training_runs_and_matches_eager():
         models[compile_it] = _Tiny()
         settings = settings_from(epochs=2, batch_size=4, size=32, compile=compile_it)
         histories[compile_it] = fit(models[compile_it], *data, settings, get_preprocessing("default"), progress=False)
+    assert compiled_models == [models[True]]  # the compiled run went through torch.compile, the other did not
     assert _agreement(models[False], models[True], data[1]) > 0.99
     assert histories[True][-1]["images_per_s"] > 0
 
