@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import UserError, install_stop_handlers
 
 # click's UsageError, reached through typer's public BadParameter (typer vendors click)
 _USAGE_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
@@ -485,9 +485,6 @@ def search(
     check_finite_number(timeout, "--timeout", minimum=0, strictly=True)
     if workers == 1:
         _set_threads(threads)
-    from lightseg_nas.search.runner import install_stop_handlers
-
-    install_stop_handlers()
     study_file = load_study_file(study)
     folder = _derived_folder(study_file, study_name, "report")
     try:
@@ -551,6 +548,7 @@ def main() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress bars and trial reasons report trials
+    install_stop_handlers()
     app()
 
 

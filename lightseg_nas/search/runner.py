@@ -7,7 +7,6 @@ study in the same storage; SQLite for one machine, PostgreSQL for many.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 import warnings
 
@@ -15,28 +14,11 @@ import optuna
 from optuna.trial import TrialState
 
 import search_spaces
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import STOP, Interrupted, UserError, install_stop_handlers
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search.objective import FINISHED, Objective
 from lightseg_nas.search.storage import fail_dead_trials, make_storage, redact, sqlite_lock, sqlite_path
 from lightseg_nas.search.study_file import StudyFile
-
-
-# Set by a SIGINT/SIGTERM handler: the search stops after the trial in progress even if the
-# signal landed inside a storage call whose driver turned it into an ordinary exception.
-STOP = threading.Event()
-
-
-def install_stop_handlers() -> None:
-    """Ctrl-C and SIGTERM (what schedulers send) both stop a search cleanly, also in a
-    process started in the background, where SIGINT is ignored unless set again."""
-
-    def interrupt(signum, frame):
-        STOP.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -169,7 +151,7 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu
                 break
             study.optimize(objective, n_trials=1, timeout=left, callbacks=[on_trial], catch=(Exception,), gc_after_trial=True)
             if STOP.is_set():
-                raise KeyboardInterrupt
+                raise Interrupted
             if len(failures) > max(10, target):
                 raise UserError(f"study {study.study_name!r}: {len(failures)} trials failed in this run; see their 'reason' in trials.csv")
     finally:
