@@ -184,7 +184,8 @@ def fit(
     planned = (settings.epochs - start_epoch) * steps_per_epoch
     if settings.max_steps is not None:
         planned = min(planned, max(0, settings.max_steps - start_epoch * steps_per_epoch))
-    forward = compiled(model, use_compile(settings.compile, planned, device))
+    compiling = use_compile(settings.compile, planned, device)
+    forward = compiled(model, compiling)
     step = start_epoch * steps_per_epoch
     first_step = True  # carries one-time start-up (compilation, allocator warm-up): timed apart
     epochs = tqdm(range(start_epoch, settings.epochs), desc="training", unit="epoch", disable=None if progress else True, initial=start_epoch, total=settings.epochs)
@@ -230,7 +231,7 @@ def fit(
                 "stage": "encoder" if encoder_only else "full",
                 # training steps only: no validation, no data loading, no first step of the run
                 "images_per_s": timed_images / timed_s if timed_s > 0 else None,
-                "timed_images": timed_images, "timed_s": timed_s, "startup_s": startup_s,
+                "timed_images": timed_images, "timed_s": timed_s, "startup_s": startup_s, "compiled": compiling,
                 **{f"val_{k}": v for k, v in metrics.items()},
             }
             history.append(row)
