@@ -18,7 +18,7 @@ import torch
 import search_spaces
 from lightseg_nas.config import arch_id
 from lightseg_nas.cost import count_macs, count_params, measure_latency
-from lightseg_nas.models import build_model
+from lightseg_nas.families import build_model
 from lightseg_nas.presets import get_preset
 
 OUT = Path(__file__).parent / "results"

@@ -21,7 +21,6 @@ Writes benchmarks/results/fidelity_audit.md and fidelity_audit.csv after every n
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +30,7 @@ from scipy.stats import kendalltau, spearmanr
 from lightseg_nas.config import config_from_dict
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.search import load_study_file, open_study
+from lightseg_nas.search.record import TrialRecord, rung_key
 from lightseg_nas.search.report import trials_dataframe
 from lightseg_nas.train import settings_from, train_to_file
 
@@ -86,24 +86,25 @@ def main() -> None:
         epochs=args.epochs, size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         val_fraction=study_file.data.val_fraction, val_seed=study_file.data.val_seed,
     )
-    proxies = [c for c in table.columns if c.startswith("proxy_")]
-    rungs = [c for c in table.columns if c.startswith("rung") and c.endswith("_val_fg_iou")]
+    records = {t.number: TrialRecord.of(t) for t in study.trials}
+    rungs = sorted({index for stored in records.values() for index in stored.rung_val_fg_iou})
+    proxies = sorted({name for stored in records.values() for name in stored.proxies})
     rows = []
     for _, trial in chosen.iterrows():
-        attrs = study.trials[int(trial.number)].user_attrs
+        stored = records[int(trial.number)]
         out = args.runs / trial.arch_id
         if not (out / "model.pt").exists():
             print(f"training trial {int(trial.number)} ({trial.arch_id}, {int(trial.params):,} params) in {out}", flush=True)
-            config = config_from_dict(json.loads(attrs["config"]) if isinstance(attrs["config"], str) else attrs["config"])
+            config = config_from_dict(stored.config)
             train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
         model, preprocessing, record = load_network(out / "model.pt")
         final = evaluate_network(model, preprocessing, data, "val", args.eval_size, settings.val_fraction, settings.val_seed, progress=False)
         rows.append({
             "trial": int(trial.number), "arch_id": trial.arch_id, "baseline": trial.baseline, "on_front": bool(trial.on_front),
             "params": int(trial.params), "final_val_fg_iou": final["fg_iou"], "cpu_minutes": record["train_seconds"] / 60,
-            **{c: attrs.get(c) for c in rungs}, **{c: attrs.get(c) for c in proxies},
+            **{rung_key(i): stored.rung_val_fg_iou.get(i) for i in rungs}, **{f"proxy_{n}": stored.proxies.get(n) for n in proxies},
         })
-        write(pd.DataFrame(rows), rungs + proxies + ["params"], args)
+        write(pd.DataFrame(rows), [rung_key(i) for i in rungs] + [f"proxy_{n}" for n in proxies] + ["params"], args)
 
 
 def write(frame: pd.DataFrame, signals: list[str], args) -> None:

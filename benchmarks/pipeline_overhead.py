@@ -19,7 +19,7 @@ import torch
 
 from lightseg_nas.data import load_split
 from lightseg_nas.data.transforms import get_preprocessing
-from lightseg_nas.models import build_model
+from lightseg_nas.families import build_model
 from lightseg_nas.presets import get_preset
 from lightseg_nas.train import prepare_batch, segmentation_loss, settings_from
 

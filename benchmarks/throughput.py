@@ -52,7 +52,7 @@ import search_spaces  # noqa: E402
 from lightseg_nas.cost import count_params, measure_latency  # noqa: E402
 from lightseg_nas.data import load_split  # noqa: E402
 from lightseg_nas.data.transforms import get_preprocessing  # noqa: E402
-from lightseg_nas.models import build_model  # noqa: E402
+from lightseg_nas.families import build_model  # noqa: E402
 from lightseg_nas.presets import get_preset  # noqa: E402
 from lightseg_nas.speed import compiled, place_input, place_model  # noqa: E402
 from lightseg_nas.train import fit, images_per_s, segmentation_loss, settings_from  # noqa: E402

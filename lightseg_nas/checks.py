@@ -13,12 +13,12 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Iterable
+from typing import Iterable
 
 import torch
-from pydantic import Field
 
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import FieldError, UserError
+from lightseg_nas.settings import INPUT_MULTIPLE, MAX_SIZE, SEED_MAX, InputSize, Seed
 
 __all__ = [
     "INPUT_MULTIPLE", "MAX_SIZE", "SEED_MAX", "Seed", "InputSize", "check_size", "check_finite_number",
@@ -26,19 +26,11 @@ __all__ = [
     "file_lock", "folder_lock", "load_state_file", "usable_cores",
 ]
 
-INPUT_MULTIPLE = 32  # the networks down-sample by 8 and pool by up to 4 more
-# Largest input side: the papers work at 224; past this a cached split of EG1800 alone needs
-# several GB, so a larger value is a typo rather than a plan.
-MAX_SIZE = 1024
-SEED_MAX = 2**32 - 1  # numpy and torch generators take 32-bit seeds
-
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX, strict=True)]
-InputSize = Annotated[int, Field(ge=INPUT_MULTIPLE, le=MAX_SIZE, multiple_of=INPUT_MULTIPLE, strict=True)]
 
 
 def check_size(size: int, name: str = "size") -> int:
     if isinstance(size, bool) or not isinstance(size, int) or not INPUT_MULTIPLE <= size <= MAX_SIZE or size % INPUT_MULTIPLE:
-        raise UserError(f"{name} must be a multiple of {INPUT_MULTIPLE} from {INPUT_MULTIPLE} to {MAX_SIZE}, got {size}")
+        raise FieldError(name, f"{{0}} must be a multiple of {INPUT_MULTIPLE} from {INPUT_MULTIPLE} to {MAX_SIZE}, got {size}")
     return size
 
 
@@ -47,9 +39,9 @@ def check_finite_number(value: float | None, name: str, minimum: float | None = 
     if value is None:
         return
     if not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, got {value}")
+        raise FieldError(name, f"{{0}} must be a finite number, got {value}")
     if minimum is not None and (value <= minimum if strictly else value < minimum):
-        raise UserError(f"{name} must be {'above' if strictly else 'at least'} {minimum:g}, got {value:g}")
+        raise FieldError(name, f"{{0}} must be {'above' if strictly else 'at least'} {minimum:g}, got {value:g}")
 
 
 def non_finite_tensors(state: dict) -> list[str]:
@@ -103,30 +95,30 @@ def writable(folder: Path) -> bool:
 def _check_parent_chain(path: Path, flag: str) -> None:
     ancestor = _existing_ancestor(path.parent if path.parent != path else path)
     if not ancestor.is_dir():
-        raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder")
+        raise FieldError(flag, f"{{0}} {path}: {ancestor} is a file, not a folder")
     if not writable(ancestor):
-        raise UserError(f"{flag} {path}: {ancestor} is not writable")
+        raise FieldError(flag, f"{{0}} {path}: {ancestor} is not writable")
 
 
-def check_output_file(path: Path, flag: str = "--out", overwrite: bool = False) -> Path:
+def check_output_file(path: Path, flag: str = "out", overwrite: bool = False) -> Path:
     """A file we are about to write: not a folder, under folders we can create and write."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{flag} {path}: is a folder; give a file name")
+        raise FieldError(flag, f"{{0}} {path}: is a folder; give a file name")
     if path.exists() and not overwrite:
-        raise UserError(f"{path}: already exists; choose another {flag}")
+        raise FieldError(flag, f"{path}: already exists; choose another {{0}}")
     _check_parent_chain(path, flag)
     return path
 
 
-def check_output_dir(path: Path, flag: str = "--out") -> Path:
+def check_output_dir(path: Path, flag: str = "out") -> Path:
     """A folder we are about to write into: a folder or nothing yet, creatable, writable."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: is a file, not a folder")
+        raise FieldError(flag, f"{{0}} {path}: is a file, not a folder")
     if path.is_dir():
         if not writable(path):
-            raise UserError(f"{flag} {path}: is not writable")
+            raise FieldError(flag, f"{{0}} {path}: is not writable")
     else:
         _check_parent_chain(path, flag)
     return path
@@ -158,7 +150,7 @@ def folder_lock(folder: Path, what: str):
         try:
             held.enter_context(file_lock(folder / ".lock"))
         except BlockingIOError:
-            raise UserError(f"{folder}: another {what} is running in this folder; wait for it or choose another --out") from None
+            raise FieldError("out", f"{folder}: another {what} is running in this folder; wait for it or choose another {{0}}") from None
         yield
 
 

@@ -10,12 +10,16 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from lightseg_nas.errors import UserError, install_stop_handlers
+from lightseg_nas.errors import FieldError, UserError, install_stop_handlers
+from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, CompressSettings, TrainSettings, default_text
+
+if TYPE_CHECKING:
+    from lightseg_nas.families import NetworkConfig
 
 # click's UsageError, reached through typer's public BadParameter (typer vendors click)
 _USAGE_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
@@ -127,6 +131,15 @@ def _check_int(value: Optional[int], name: str, low: int, high: int) -> None:
         raise UserError(f"{name} must be from {low:,} to {high:,}, got {value:,}")
 
 
+def _flag(field: str) -> str:
+    return field if field.startswith("-") else "--" + field.replace("_", "-")
+
+
+def _in_cli_terms(error: UserError) -> str:
+    """The library names settings as fields (encoder_epochs); the command line as options."""
+    return error.render(_flag) if isinstance(error, FieldError) else str(error)
+
+
 def user_errors(command):
     """Turn UserError into 'error: ...' and exit code 2."""
 
@@ -135,7 +148,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            _say(f"error: {error}")
+            _say(f"error: {_in_cli_terms(error)}")
             raise typer.Exit(2) from None
         except RecursionError:
             _say("error: input nested too deeply to read")
@@ -173,6 +186,40 @@ SeedOption = typer.Option(0, "--seed", help="Seed of the --space sample.")
 ClassesOption = typer.Option(None, "--classes", help="Override the number of output classes (1 logit or 2 softmax).")
 
 
+def _network(
+    preset: str | None = None,
+    config_path: str | Path | None = None,
+    space: str | None = None,
+    seed: int | None = None,
+    num_classes: int | None = None,
+) -> NetworkConfig:
+    """Exactly one of a preset name, a config file, or a space (+ seed) names the network."""
+    if sum(1 for value in (preset, config_path, space) if value) != 1:
+        raise UserError("give exactly one of --preset NAME, --config FILE.json, --space NAME --seed N")
+    if preset:
+        from lightseg_nas.presets import get_preset
+
+        config = get_preset(preset)
+    elif config_path:
+        from lightseg_nas.config import load_config
+
+        config = load_config(config_path)
+    else:
+        import search_spaces
+
+        config = search_spaces.sample(space, 0 if seed is None else seed)
+    if num_classes is not None:
+        if num_classes not in (1, 2):
+            raise UserError(f"--classes must be 1 or 2, got {num_classes}")
+        config = config.model_copy(update={"num_classes": num_classes})
+    return config
+
+
+def check_size(size: int) -> None:
+    if size < INPUT_MULTIPLE or size % INPUT_MULTIPLE:
+        raise UserError(f"--size must be a positive multiple of {INPUT_MULTIPLE}, got {size}")
+
+
 @app.command()
 @user_errors
 def measure(
@@ -181,7 +228,7 @@ def measure(
     space: Optional[str] = SpaceOption,
     seed: int = SeedOption,
     classes: Optional[int] = ClassesOption,
-    size: int = typer.Option(224, help="Input height and width (a multiple of 32)."),
+    size: int = typer.Option(224, help=f"Input height and width (a multiple of {INPUT_MULTIPLE})."),
     threads: int = typer.Option(1, help="CPU threads for the latency measurement."),
     repeats: int = typer.Option(30, help="Timed runs after warm-up (median and quartiles are reported)."),
     backend: Backend = typer.Option(Backend.torch, help="Latency backend: torch (eager NCHW), torch-channels-last (eager NHWC) or onnxruntime."),
@@ -189,16 +236,15 @@ def measure(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (params, macs, latency_ms, ...)."),
 ):
     """Parameters, MACs (by counter, with what each left out) and measured CPU latency of one network."""
-    from lightseg_nas.measure import cost_report, resolve_config
-
     from lightseg_nas.checks import SEED_MAX, check_size
+    from lightseg_nas.measure import cost_report
 
     check_size(size, "--size")
     _check_int(threads, "--threads", 1, 1024)
     _check_int(repeats, "--repeats", 1, 100_000)
     _check_int(seed, "--seed", 0, SEED_MAX)
     backend = backend.value
-    network = resolve_config(preset, config, space, seed, classes)
+    network = _network(preset, config, space, seed, classes)
     report = cost_report(network, size, threads, repeats, backend, None if reference == "none" else reference)
     if as_json:
         _print_json(report)
@@ -217,16 +263,16 @@ def measure(
         typer.echo(f"            {report['latency_ratio']:.2f}x the latency of {reference} timed in the same run")
 
 
-SizeOption = typer.Option(None, "--size", help="Input height and width, a multiple of 32.", show_default="the size the model was trained at; 224 for released weights")
+SizeOption = typer.Option(None, "--size", help=f"Input height and width, a multiple of {INPUT_MULTIPLE}.", show_default="the size the model was trained at; 224 for released weights")
 ThreadsOption = typer.Option(None, "--threads", help="CPU threads.", show_default="the cores this process may use")
 DataOption = typer.Option("synthetic", "--data", help="Dataset: eg1800:PATH (either public layout) or synthetic[:count=N,seed=S].")
-ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val'.", show_default="0.1, or the model file's")
-ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images.", show_default="0, or the model file's")
+ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val'.", show_default=f"{default_text(TrainSettings, 'val_fraction')}, or the model file's")
+ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images.", show_default=f"{default_text(TrainSettings, 'val_seed')}, or the model file's")
 ChannelsLastOption = typer.Option(
-    None, "--channels-last/--no-channels-last", help="Weights and inputs channels-last (NHWC): faster on CPUs, same computation.", show_default="on"
+    None, "--channels-last/--no-channels-last", help="Weights and inputs channels-last (NHWC): faster on CPUs, same computation.", show_default=default_text(TrainSettings, "channels_last")
 )
 CompileOption = typer.Option(
-    None, "--compile/--no-compile", help="torch.compile the training step: faster per step, about a minute of compiling per network and input shape, so it pays on long runs only.", show_default="automatic: on for runs of 2,000 steps or more"
+    None, "--compile/--no-compile", help="torch.compile the training step: faster per step, about a minute of compiling per network and input shape, so it pays on long runs only.", show_default=f"automatic: on for runs of {COMPILE_AUTO_STEPS:,} steps or more"
 )
 
 
@@ -238,25 +284,25 @@ def train(
     data: str = DataOption,
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt at the end, checkpoint.pt after each epoch."),
     classes: Optional[int] = ClassesOption,
-    epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default="30"),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default="16"),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default="5e-3"),
-    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay.", show_default="1e-4"),
-    schedule: Optional[Schedule] = typer.Option(None, help="Learning-rate schedule after one warm-up epoch.", show_default="cosine"),
-    size: Optional[int] = typer.Option(None, help="Training and validation resolution.", show_default="224"),
-    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling and augmentation.", show_default="0"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default=default_text(TrainSettings, "epochs")),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default=default_text(TrainSettings, "batch_size")),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default=default_text(TrainSettings, "lr")),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay.", show_default=default_text(TrainSettings, "weight_decay")),
+    schedule: Optional[Schedule] = typer.Option(None, help="Learning-rate schedule after one warm-up epoch.", show_default=default_text(TrainSettings, "schedule")),
+    size: Optional[int] = typer.Option(None, help="Training and validation resolution.", show_default=default_text(TrainSettings, "size")),
+    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling and augmentation.", show_default=default_text(TrainSettings, "seed")),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Scale/crop, flip, rotation, colour, blur."),
     val_fraction: Optional[float] = ValFractionOption,
     val_seed: Optional[int] = ValSeedOption,
     encoder_epochs: Optional[int] = typer.Option(None, help="First epochs train the encoder's own output (papers' stage 1)."),
-    preprocessing: Optional[Preprocessing] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe).", show_default="default"),
+    preprocessing: Optional[Preprocessing] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe).", show_default=default_text(TrainSettings, "preprocessing")),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total (smoke tests)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this model file, or from a preset (extremec3net, sinet) with --teacher-weights."),
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
-    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation (with --teacher).", show_default="1.0"),
-    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature (with --teacher).", show_default="2.0"),
-    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation (with --teacher).", show_default="1.0"),
+    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation (with --teacher).", show_default=default_text(TrainSettings, "kd_weight")),
+    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature (with --teacher).", show_default=default_text(TrainSettings, "kd_temperature")),
+    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation (with --teacher).", show_default=default_text(TrainSettings, "cwd_weight")),
     channels_last: Optional[bool] = ChannelsLastOption,
     compile_: Optional[bool] = CompileOption,
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last epoch."),
@@ -268,10 +314,9 @@ def train(
 
     With --teacher, the loss adds pixel-wise and channel-wise distillation from that network
     (the model file records the teacher)."""
-    from lightseg_nas.measure import resolve_config
     from lightseg_nas.train import settings_from, train_to_file
 
-    network = resolve_config(preset, config, None, None, classes)
+    network = _network(preset, config, None, None, classes)
     settings = settings_from(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
         seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
@@ -358,7 +403,8 @@ def onnx(
     threads: Optional[int] = ThreadsOption,
 ):
     """Export a model file to ONNX, checked against PyTorch with ONNX Runtime before it is kept."""
-    from lightseg_nas.inference import export_onnx_checked, load_network, recorded_size
+    from lightseg_nas.inference import load_network, recorded_size
+    from lightseg_nas.onnx_export import export_onnx_checked
 
     _set_threads(threads)
     model, _, record = load_network(model_file)
@@ -375,20 +421,20 @@ def compress(
     target_macs: Optional[str] = typer.Option(None, "--target-macs", metavar="N|P%", help="Prune until at most N MACs (conv_only counter, at --mac-size), or P percent of the current count."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this model file, or from a preset (extremec3net, sinet) with --teacher-weights."),
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Prune -> fine-tune rounds; targets fall geometrically.", show_default="3"),
-    epochs_per_step: Optional[int] = typer.Option(None, "--epochs-per-step", help="Fine-tuning epochs after each pruning.", show_default="4"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Prune -> fine-tune rounds; targets fall geometrically.", show_default=default_text(CompressSettings, "steps")),
+    epochs_per_step: Optional[int] = typer.Option(None, "--epochs-per-step", help="Fine-tuning epochs after each pruning.", show_default=default_text(CompressSettings, "epochs_per_step")),
     data: str = DataOption,
     out: Path = typer.Option(..., "--out", help="The model file to write (OUT.partial holds the finished steps meanwhile)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fine-tuning (warm-up then cosine, per step).", show_default="5e-3"),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default="16"),
-    size: Optional[int] = typer.Option(None, help="Fine-tuning and validation resolution.", show_default="224"),
-    mac_size: Optional[int] = typer.Option(None, help="Resolution at which MACs are counted.", show_default="224"),
-    seed: Optional[int] = typer.Option(None, help="Seed of shuffling and augmentation; step k uses seed + k.", show_default="0"),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fine-tuning (warm-up then cosine, per step).", show_default=default_text(CompressSettings, "lr")),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default=default_text(CompressSettings, "batch_size")),
+    size: Optional[int] = typer.Option(None, help="Fine-tuning and validation resolution.", show_default=default_text(CompressSettings, "size")),
+    mac_size: Optional[int] = typer.Option(None, help="Resolution at which MACs are counted.", show_default=default_text(CompressSettings, "mac_size")),
+    seed: Optional[int] = typer.Option(None, help="Seed of shuffling and augmentation; step k uses seed + k.", show_default=default_text(CompressSettings, "seed")),
     val_fraction: Optional[float] = ValFractionOption,
     val_seed: Optional[int] = ValSeedOption,
-    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation.", show_default="1.0"),
-    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature.", show_default="2.0"),
-    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation.", show_default="1.0"),
+    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation.", show_default=default_text(CompressSettings, "kd_weight")),
+    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature.", show_default=default_text(CompressSettings, "kd_temperature")),
+    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation.", show_default=default_text(CompressSettings, "cwd_weight")),
     max_steps_per_step: Optional[int] = typer.Option(None, help="Stop each fine-tuning after this many optimiser steps (smoke tests)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
     channels_last: Optional[bool] = ChannelsLastOption,
@@ -475,9 +521,8 @@ def search(
 
     Re-running the same command continues the same study; finished trials are kept.
     """
-    from lightseg_nas.search import load_study_file, run_search, write_report
-
     from lightseg_nas.checks import check_finite_number
+    from lightseg_nas.search import load_study_file, run_search, write_report
 
     _check_int(n_trials, "--n-trials", 1, 1_000_000)
     _check_int(workers, "--workers", 1, 256)

@@ -12,50 +12,28 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
-from pydantic import ConfigDict, Field
 
 from lightseg_nas import prune
+from lightseg_nas.checks import check_finite_state, check_output_file, load_state_file
 from lightseg_nas.config import config_from_dict, to_json
 from lightseg_nas.cost import count_params
 from lightseg_nas.data import load_split
-from lightseg_nas.distill import Distiller, DistillSettings, load_teacher
-from lightseg_nas.errors import UserError
+from lightseg_nas.distill import Distiller, load_teacher
+from lightseg_nas.errors import FieldError, UserError
+from lightseg_nas.families import build_model
+from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import atomic_write_text, load_model_file, make_record, save_record
-from lightseg_nas.checks import InputSize, Seed, check_finite_state, check_output_file, load_state_file
-from lightseg_nas.models import build_model
-from lightseg_nas.speed import SPEED_FIELDS, SpeedSettings
-from lightseg_nas.train import TrainSettings, evaluate, fit, parse_options, resolve_device
+from lightseg_nas.settings import CompressSettings, SpeedSettings, SplitSettings, StepSettings, TrainSettings, parse_options
+from lightseg_nas.speed import SPEED_FIELDS
+from lightseg_nas.train import fit, resolve_device
 
 __all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "config_path", "MAC_COUNTER"]
 
 # The MAC counter of --target-macs and of the step table: the papers' convention.
 MAC_COUNTER = prune.MAC_COUNTER
-
-
-class CompressSettings(DistillSettings, SpeedSettings):
-    # allow_inf_nan=False: nan and inf are refused for every number
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-    metric: Literal["params", "macs"]
-    # An absolute target, or a percentage of the network's current cost (resolved against
-    # the model when the compression starts): exactly one of the two.
-    target: Optional[int] = Field(None, ge=1, le=10**15, strict=True)
-    target_percent: Optional[float] = Field(None, gt=0, lt=100)
-    steps: int = Field(3, ge=1, le=100, strict=True)
-    epochs_per_step: int = Field(4, ge=1, le=100_000, strict=True)
-    lr: float = Field(5e-3, gt=0, le=10)
-    batch_size: int = Field(16, ge=1, le=4096, strict=True)
-    size: InputSize = 224
-    # Resolution at which MACs are counted (and --target-macs is meant).
-    mac_size: InputSize = 224
-    seed: Seed = 0
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    val_seed: Seed = 0
-    # Stop each fine-tuning after this many steps (smoke tests); None = whole epochs.
-    max_steps_per_step: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
-    device: str = "auto"
 
 
 def settings_from(**values) -> CompressSettings:
@@ -108,11 +86,10 @@ def _row(step: int, model, metric_row: dict, settings: CompressSettings, seconds
 
 
 def _fine_tune_settings(settings: CompressSettings, preprocessing: dict, step: int) -> TrainSettings:
+    shared = StepSettings.model_fields.keys() | SplitSettings.model_fields.keys() | SpeedSettings.model_fields.keys()
     return TrainSettings(
-        epochs=settings.epochs_per_step, batch_size=settings.batch_size, lr=settings.lr, size=settings.size,
-        seed=settings.seed + step, val_fraction=settings.val_fraction, val_seed=settings.val_seed,
+        **settings.model_dump(include=shared), epochs=settings.epochs_per_step, size=settings.size, seed=settings.seed + step,
         preprocessing=preprocessing["name"], max_steps=settings.max_steps_per_step, device=settings.device,
-        channels_last=settings.channels_last, compile=settings.compile,
     )
 
 
@@ -141,9 +118,9 @@ def compress_to_file(
     for path in (out, config_out):
         check_output_file(path)
     if partial.exists() and not resume:
-        raise UserError(f"{partial}: an unfinished compression; pass --resume to continue it or choose another --out")
+        raise FieldError(("resume", "out"), f"{partial}: an unfinished compression; pass {{0}} to continue it or choose another {{1}}")
     if resume and not partial.exists():
-        raise UserError(f"{partial}: nothing to resume; leave out --resume to start a new compression")
+        raise FieldError("resume", f"{partial}: nothing to resume; leave out {{0}} to start a new compression")
     model, record = load_model_file(model_path)
     settings = resolve_target(model, settings)
     preprocessing = record["preprocessing"]
@@ -194,7 +171,7 @@ def compress_to_file(
             history = fit(model, train_data, val_data, fine_tune, preprocessing, progress=progress, extra_loss=distiller)
         except FloatingPointError as error:
             kept = f"; the finished steps are kept in {partial}" if partial.exists() else ""
-            raise UserError(f"fine-tuning of step {step} diverged: {error}{kept}; no model file written (try a lower --lr)") from None
+            raise FieldError("lr", f"fine-tuning of step {step} diverged: {error}{kept}; no model file written (try a lower {{0}})") from None
         metrics = evaluate(model, val_data, preprocessing, device=device)
         rows.append(_row(step, model.cpu(), metrics, settings, time.perf_counter() - started, targets[step - 1]))
         histories.append(history)

@@ -127,7 +127,7 @@ def _count_thop(model: nn.Module, x: torch.Tensor) -> MacCount:
     import thop
     from thop.profile import register_hooks
 
-    from lightseg_nas.blocks import GroupedConv2d, ImagePool
+    from lightseg_nas.families.blocks import GroupedConv2d, ImagePool
 
     # Our subclasses of torch layers are counted as the layers they are (thop keys on the exact type).
     custom_ops = {GroupedConv2d: register_hooks[nn.Conv2d], ImagePool: register_hooks[nn.AvgPool2d]}
@@ -187,6 +187,8 @@ def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, threads: int, folder:
     import onnxruntime
 
     path = folder / f"model{id(model)}.onnx"
+    from lightseg_nas.onnx_export import export_onnx
+
     export_onnx(model.eval(), x, path)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -194,13 +196,6 @@ def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, threads: int, folder:
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export with a fixed input shape (what a phone or browser runtime gets)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"], dynamo=False)
 
 
 def measure_latency(

@@ -22,24 +22,15 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from lightseg_nas.data.transforms import denormalize, get_preprocessing, normalize
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import FieldError, UserError
+from lightseg_nas.families import build_model
 from lightseg_nas.modelfile import load_model_file, load_record
-from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset, list_presets, load_released_weights
+from lightseg_nas.settings import DistillSettings
 
 __all__ = ["two_class_logits", "pixel_kd", "channel_wise_kd", "Distiller", "DistillSettings", "load_teacher"]
-
-
-class DistillSettings(BaseModel):
-    """The distillation terms' settings, shared by ``train --teacher`` and ``compress``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-    kd_weight: float = Field(1.0, ge=0, le=1e6)
-    kd_temperature: float = Field(2.0, gt=0, le=1e3)
-    cwd_weight: float = Field(1.0, ge=0, le=1e6)
 
 
 def two_class_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -111,14 +102,14 @@ def load_teacher(spec: str, weights: Optional[Path]) -> tuple[torch.nn.Module, d
     """(teacher in eval mode, its preprocessing, a description) from a model file or a preset."""
     if spec in list_presets():
         if weights is None:
-            raise UserError(f"--teacher {spec}: a preset teacher needs --teacher-weights FILE.pth (the released weights)")
+            raise FieldError(("teacher", "teacher_weights"), f"{{0}} {spec}: a preset teacher needs {{1}} FILE.pth (the released weights)")
         model = load_released_weights(build_model(get_preset(spec)), spec, weights)
         return model.eval(), get_preprocessing("released"), f"preset {spec} ({weights})"
     if weights is not None:
-        raise UserError("--teacher-weights goes with a preset --teacher (a model file holds its own weights)")
+        raise FieldError(("teacher_weights", "teacher"), "{0} goes with a preset {1} (a model file holds its own weights)")
     path = Path(spec)
     if not path.is_file():
-        raise UserError(f"--teacher {spec}: neither a model file nor a preset ({', '.join(list_presets())})")
+        raise FieldError("teacher", f"{{0}} {spec}: neither a model file nor a preset ({', '.join(list_presets())})")
     record = load_record(path)
     classes = record["config"].get("num_classes") if isinstance(record["config"], dict) else None
     if classes not in (1, 2):

@@ -4,12 +4,31 @@ The CLI turns it into a single line on stderr and exit code 2; anything else is 
 keeps its traceback.
 """
 
+import re
 import signal
+import sys
 import threading
 
 
 class UserError(Exception):
     """A problem with the user's input, described in one line that says what and where."""
+
+
+class FieldError(UserError):
+    """A UserError about named settings, in the library's language.
+
+    ``template`` names the fields as ``{0}``, ``{1}``, ...; the message names them as they are
+    spelled in Python (``encoder_epochs``), and :meth:`render` lets a front end spell them its
+    own way (the CLI: ``--encoder-epochs``)."""
+
+    def __init__(self, fields: str | tuple[str, ...], template: str):
+        self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
+        self.template = template
+        super().__init__(self.render(str))
+
+    def render(self, spell) -> str:
+        # only {0}, {1}, ... are replaced: values already in the template (paths) stay as they are
+        return re.sub(r"\{(\d+)\}", lambda m: spell(self.fields[int(m.group(1))]) if int(m.group(1)) < len(self.fields) else m.group(0), self.template)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -38,3 +57,19 @@ def install_stop_handlers() -> None:
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+    # A signal that lands inside a finalizer (a __del__, a weakref callback of the garbage
+    # collector) raises there, where Python prints the exception and drops it. STOP still
+    # says it happened, and training steps and trials check it: say nothing of the dropped one.
+    default_hook = sys.unraisablehook
+
+    def drop_interrupts(unraisable):
+        if not isinstance(unraisable.exc_value, Interrupted):
+            default_hook(unraisable)
+
+    sys.unraisablehook = drop_interrupts
+
+
+def stop_requested() -> None:
+    """Raise Interrupted if a stop signal arrived, even one whose exception was dropped."""
+    if STOP.is_set():
+        raise Interrupted

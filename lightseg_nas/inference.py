@@ -8,28 +8,28 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from lightseg_nas.checks import check_finite_number, check_output_dir, check_output_file, check_size
+from lightseg_nas.checks import check_output_dir, check_size
 from lightseg_nas.data import load_split
 from lightseg_nas.data.images import display_size, read_photo, resize_linear
 from lightseg_nas.data.transforms import get_preprocessing, normalize
-from lightseg_nas.speed import place_input, place_model
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import FieldError, UserError
+from lightseg_nas.families import build_model
 from lightseg_nas.modelfile import atomic_write, load_model_file
-from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset, load_released_weights
+from lightseg_nas.speed import place_input, place_model
 
-__all__ = ["load_network", "recorded_size", "evaluate_network", "predict_images", "export_onnx_checked"]
+__all__ = ["load_network", "recorded_size", "evaluate_network", "predict_images"]
 
 
 def load_network(checkpoint: str | Path | None = None, preset: str | None = None, weights: str | Path | None = None):
     """(model in eval mode, preprocessing, record or None) from a model file or a preset + weights."""
     if (checkpoint is None) == (preset is None):
-        raise UserError("give either a model file (MODEL.pt) or --preset NAME --weights FILE.pth")
+        raise FieldError(("preset", "weights"), "give either a model file (MODEL.pt) or {0} NAME {1} FILE.pth")
     if checkpoint is not None:
         model, record = load_model_file(checkpoint)
         return model.eval(), record["preprocessing"], record
     if weights is None:
-        raise UserError("--preset needs --weights FILE.pth (the released state_dict)")
+        raise FieldError(("preset", "weights"), "{0} needs {1} FILE.pth (the released state_dict)")
     model = load_released_weights(build_model(get_preset(preset)), preset, weights)
     return model.eval(), get_preprocessing("released"), None
 
@@ -49,9 +49,9 @@ def recorded_size(record: dict | None, default: int = 224) -> tuple[int, str]:
 def evaluate_network(
     model, preprocessing: dict, data_spec: str, split: str, size: int, val_fraction: float, val_seed: int, progress: bool = True
 ) -> dict:
-    from lightseg_nas.train import evaluate
+    from lightseg_nas.metrics import evaluate
 
-    check_size(size, "--size")
+    check_size(size, "size")
     data = load_split(data_spec, split, size, val_fraction, val_seed, progress=progress)
     metrics = evaluate(place_model(model, True), data, preprocessing, channels_last=True)  # the fast path on CPUs
     return {**metrics, "size": size, "split": split, "data": data.description, "synthetic": data.synthetic}
@@ -64,14 +64,14 @@ def _output_names(images: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     for path in images:
         pair = (out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_preview.jpg")
         if path.stem in seen:
-            raise UserError(f"{seen[path.stem]} and {path} would both write {pair[0].name}; predict them into different --out folders")
+            raise FieldError("out", f"{seen[path.stem]} and {path} would both write {pair[0].name}; predict them into different {{0}} folders")
         seen[path.stem] = path
         names.append(pair)
     inputs = {p.resolve() for p in images}
     for pair in names:
         for output in pair:
             if output.resolve() in inputs:
-                raise UserError(f"{output}: is one of the input images; choose another --out")
+                raise FieldError("out", f"{output}: is one of the input images; choose another {{0}}")
     return names
 
 
@@ -85,8 +85,8 @@ def predict_images(model, preprocessing: dict, images: list[Path], out_dir: Path
     orientation applied) and NAME_preview.jpg (background blurred, or replaced by flat grey
     with ``preview='replace'``; at most PREVIEW_LONGEST pixels on its longer side)."""
     if preview not in ("blur", "replace"):
-        raise UserError(f"--preview must be blur or replace, got {preview!r}")
-    check_size(size, "--size")
+        raise FieldError("preview", f"{{0}} must be blur or replace, got {preview!r}")
+    check_size(size, "size")
     images = [Path(p) for p in images]
     check_output_dir(out_dir)
     outputs = _output_names(images, out_dir)
@@ -123,32 +123,3 @@ def _foreground_probability(logits: torch.Tensor) -> torch.Tensor:
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0])
     return torch.softmax(logits, dim=1)[:, 1]
-
-
-def export_onnx_checked(model, out: Path, size: int = 224, tolerance: float = 1e-4) -> float:
-    """Export, run the file in ONNX Runtime against PyTorch, and keep it only if the largest
-    absolute difference of the logits stays within ``tolerance``; return that difference."""
-    import onnxruntime
-
-    from lightseg_nas.cost import export_onnx
-
-    check_size(size, "--size")
-    check_finite_number(tolerance, "--tolerance", minimum=0)
-    check_output_file(out, overwrite=True)
-    example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = model(example).numpy()
-    if not np.isfinite(expected).all():
-        raise UserError("the network's output is not finite on a test input; not exported")
-    difference = {}
-
-    def write(path: Path) -> None:
-        export_onnx(model, example, path)
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
-        difference["max"] = float(np.abs(got - expected).max())
-        if not difference["max"] <= tolerance:  # nan never passes
-            raise UserError(f"{out}: ONNX Runtime differs from PyTorch by {difference['max']:.2e} (> {tolerance:g}); not written")
-
-    atomic_write(out, write)
-    return difference["max"]

@@ -1,49 +1,17 @@
-"""Resolve "which network" from the CLI's options, and the cost report of one network."""
+"""The cost report of one network: parameters, MACs by counter, measured latency."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from lightseg_nas.config import C3NetConfig, SINetConfig, arch_id, load_config
+from lightseg_nas.checks import check_size
+from lightseg_nas.config import arch_id
 from lightseg_nas.cost import count_macs, count_params, measure_latency
-from lightseg_nas.errors import UserError
-from lightseg_nas.models import INPUT_MULTIPLE, build_model
+from lightseg_nas.errors import FieldError
+from lightseg_nas.families import NetworkConfig, build_model
 from lightseg_nas.presets import get_preset
 
 
-def resolve_config(
-    preset: str | None = None,
-    config_path: str | Path | None = None,
-    space: str | None = None,
-    seed: int | None = None,
-    num_classes: int | None = None,
-) -> C3NetConfig | SINetConfig:
-    """Exactly one of a preset name, a config file, or a space (+ seed) names the network."""
-    given = [name for name, value in (("--preset", preset), ("--config", config_path), ("--space", space)) if value]
-    if len(given) != 1:
-        raise UserError("give exactly one of --preset NAME, --config FILE.json, --space NAME --seed N")
-    if preset:
-        config = get_preset(preset)
-    elif config_path:
-        config = load_config(config_path)
-    else:
-        import search_spaces
-
-        config = search_spaces.sample(space, 0 if seed is None else seed)
-    if num_classes is not None:
-        if num_classes not in (1, 2):
-            raise UserError(f"--classes must be 1 or 2, got {num_classes}")
-        config = config.model_copy(update={"num_classes": num_classes})
-    return config
-
-
-def check_size(size: int) -> None:
-    if size < INPUT_MULTIPLE or size % INPUT_MULTIPLE:
-        raise UserError(f"--size must be a positive multiple of {INPUT_MULTIPLE}, got {size}")
-
-
 def cost_report(
-    config: C3NetConfig | SINetConfig,
+    config: NetworkConfig,
     size: int = 224,
     threads: int = 1,
     repeats: int = 30,
@@ -55,9 +23,9 @@ def cost_report(
     With ``reference``, that preset is timed in the same run and the latency is also given
     as a ratio to it: absolute times on a shared CPU are noisy, ratios are not.
     """
-    check_size(size)
+    check_size(size, "size")
     if threads < 1 or repeats < 1:
-        raise UserError("--threads and --repeats must be at least 1")
+        raise FieldError(("threads", "repeats"), "{0} and {1} must be at least 1")
     model = build_model(config)
     macs = count_macs(model, size)
     models = {"candidate": model}

@@ -1,4 +1,5 @@
-"""Segmentation metrics: one implementation for training, evaluation and search.
+"""Segmentation metrics, and ``evaluate`` (a network on a cached split): one implementation
+for training, evaluation and search.
 
 * ``fg_iou``: foreground IoU of each image, averaged over images, at the evaluation size
   (224x224 by default). This is what the papers call "mIoU".
@@ -15,7 +16,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SegmentationMeter", "predict_foreground"]
+from lightseg_nas.data import SegmentationData
+from lightseg_nas.data.transforms import normalize
+from lightseg_nas.speed import place_input
+
+__all__ = ["SegmentationMeter", "predict_foreground", "evaluate"]
 
 
 def predict_foreground(logits: torch.Tensor) -> torch.Tensor:
@@ -76,3 +81,18 @@ class SegmentationMeter:
             "boundary_f": float(torch.cat(self.boundary_fs).mean()),
             "n_images": int(fg.numel()),
         }
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: SegmentationData, preprocessing: dict, batch_size: int = 32, device=None, channels_last: bool = False) -> dict:
+    """Metrics of ``model`` on ``data`` at the data's cached size (eval mode, no augmentation);
+    ``channels_last``: inputs in the layout of a model placed channels-last."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    meter = SegmentationMeter()
+    for start in range(0, len(data), batch_size):
+        x = place_input(normalize(data.images[start : start + batch_size].to(device), preprocessing), channels_last)
+        meter.update(predict_foreground(model(x)), data.masks[start : start + batch_size])
+    model.train(was_training)
+    return meter.compute()

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
-
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lightseg_nas.checks import check_finite_state, load_state_file
 from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.errors import UserError
-from lightseg_nas.models import build_model
+from lightseg_nas.families import build_model
 
 FORMAT = "lightseg-nas-model"
 FORMAT_VERSION = 1

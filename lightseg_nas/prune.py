@@ -4,8 +4,8 @@ Out of the box, Torch-Pruning's automatic groups go wrong on both published netw
 docs/networks.md): the pooled input image has no layer upstream to say it carries 3
 channels, and a residual stage whose blocks concatenate branches of different widths, some
 read by grouped convolutions, splits into per-slice groups whose indices leave the grouped
-convs uneven. Here the network names its own *axes* instead: every channel dimension that
-can shrink (the stem, each stage's width, each down-sampler, each C3 block's reduced width,
+convs uneven. Here the network's family (``lightseg_nas.families``) names its *axes* instead:
+every channel dimension that can shrink (the stem, each stage's width, each down-sampler, each C3 block's reduced width,
 each squeeze-excite's hidden units), by one module whose output spans it whole (the first
 block's BatchNorm for a residual stage). For each axis DepGraph builds the coupled group from
 that root, Torch-Pruning's importance scores it, and we pick indices under two structural
@@ -18,26 +18,24 @@ rules DepGraph does not know:
 
 Classes are never pruned (classifier convs are no axis); the grouped reduce conv of S2
 blocks keeps its width (its output passes through a channel shuffle). The pruned network is
-read back as a config of the same schema (``config_of``), so ``build_model(config_of(m))``
+read back as a config of the same schema (its family's ``config_of``), so ``build_model(config_of(m))``
 with ``m.state_dict()`` is the pruned network.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightseg_nas.blocks import C3Module, GroupedConv2d, ImagePool, S2Module
-from lightseg_nas.config import C3Block, C3NetConfig, S2Block, SINetConfig, block_widths
 from lightseg_nas.cost import count_macs, count_params
 from lightseg_nas.errors import UserError
-from lightseg_nas.models import C3Net, SINet
+from lightseg_nas.families import config_of, family_of
+from lightseg_nas.families.base import Axis
+from lightseg_nas.families.blocks import GroupedConv2d, ImagePool
 
 __all__ = ["Axis", "MAC_COUNTER", "cost", "axes_of", "config_of", "plan", "apply_plan", "prune_to", "prune_ratio", "smallest", "example_input"]
 
@@ -72,17 +70,6 @@ _ROOT_FN = {
 }
 
 
-@dataclass
-class Axis:
-    """One prunable channel dimension, named by a root module whose output spans it."""
-
-    name: str
-    root: str
-    multiple: int = 1
-    # (start, stop) slices of the root's channels that must each keep one channel.
-    guards: list[tuple[int, int]] = field(default_factory=list)
-
-
 def example_input(size: int = 64) -> torch.Tensor:
     # requires_grad: the pooled image then enters the traced graph (no layer precedes it).
     return torch.randn(1, 3, size, size, requires_grad=True)
@@ -98,72 +85,9 @@ def _graph(model: nn.Module) -> tp.DependencyGraph:
         model.train(was_training)
 
 
-def _branch_slices(block: nn.Module) -> list[tuple[int, int]]:
-    widths = [_branch_out(branch) for branch in block.branches]
-    edges = [0, *itertools.accumulate(widths)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def _branch_out(branch: nn.Module) -> int:
-    return branch.pointwise.out_channels if hasattr(branch, "pointwise") else branch.layers[-1].out_channels
-
-
-def _s2_groups(blocks) -> int:
-    groups = [block.groups for block in blocks if isinstance(block, S2Module)]
-    return math.lcm(*groups) if groups else 1
-
-
-def _block_axes(prefix: str, block: nn.Module) -> list[Axis]:
-    if isinstance(block, C3Module):
-        return [Axis(f"{prefix}.reduced", f"{prefix}.reduce")]
-    return []  # an S2 reduce output passes a channel shuffle: it keeps its width
-
-
-def _stage_axes(prefix: str, stage: nn.Module, root: str | None = None) -> list[Axis]:
-    """The stage width (all blocks share it through the residual adds) and reduced widths.
-
-    ``root``: a module upstream whose output is the stage's residual stream too (an entry
-    block that adds its input ties the stage's input channels to its width)."""
-    blocks = list(stage.blocks)
-    guards = [slice_ for block in blocks for slice_ in _branch_slices(block)]
-    readers = blocks if root is not None else blocks[1:]
-    axes = [Axis(f"{prefix}.width", root or f"{prefix}.blocks.0.norm.bn", _s2_groups(readers), guards)]
-    for index, block in enumerate(blocks):
-        axes += _block_axes(f"{prefix}.blocks.{index}", block)
-    return axes
-
-
 def axes_of(model: nn.Module) -> list[Axis]:
-    """Every prunable axis of a network built by ``build_model``."""
-    if isinstance(model, C3Net):
-        axes = [Axis("stem", "stem.conv")]
-        if model.stages[1].blocks[0].add:
-            # Stage 2's width equals stage 1's concatenation [last, entry, image] and adds it:
-            # the two widths are one dimension, image channels included. Both stay.
-            for index, stage in enumerate(model.stages):
-                for block_index, block in enumerate(stage.blocks):
-                    axes += _block_axes(f"stages.{index}.blocks.{block_index}", block)
-        else:
-            for index, stage in enumerate(model.stages):
-                axes += _stage_axes(f"stages.{index}", stage)
-        fine = [model.fine_block] if model.config.fine_block is not None else []
-        guards = [slice_ for block in fine for slice_ in _branch_slices(block)]
-        axes.append(Axis("decoder", "coarse.0", _s2_groups(fine), guards))
-        for block in fine:
-            axes += _block_axes("fine_block", block)
-        return axes
-    if isinstance(model, SINet):
-        axes = [Axis("stem", "stem.conv")]
-        for index, (down, stage) in enumerate(zip(model.downs, model.stages)):
-            if len(down.se.layers) == 4:
-                axes.append(Axis(f"downs.{index}.se.hidden", f"downs.{index}.se.layers.0"))
-            if stage.blocks[0].add:  # down_width == width: one dimension
-                axes += _stage_axes(f"stages.{index}", stage, root=f"downs.{index}.pointwise")
-            else:
-                axes.append(Axis(f"downs.{index}.width", f"downs.{index}.pointwise", _s2_groups(stage.blocks[:1])))
-                axes += _stage_axes(f"stages.{index}", stage)
-        return axes
-    raise TypeError(f"not a network of ours: {type(model).__name__}")
+    """Every prunable axis of a network built by ``build_model`` (its family names them)."""
+    return family_of(model).axes(model)
 
 
 def _root_fn(module: nn.Module):
@@ -243,15 +167,7 @@ def plan(model: nn.Module, keep_fraction: float, scores: dict | None = None) -> 
 
 def _untied_pairs(model: nn.Module):
     """(input axis, stage axis, input width -> entry block input) for entries that do not add."""
-    if isinstance(model, SINet):
-        return [
-            (f"downs.{i}.width", f"stages.{i}.width", lambda width: width)
-            for i, stage in enumerate(model.stages)
-            if not stage.blocks[0].add
-        ]
-    if isinstance(model, C3Net) and not model.stages[1].blocks[0].add:
-        return [("stages.0.width", "stages.1.width", lambda width: 2 * width + 3)]
-    return []
+    return family_of(model).untied_pairs(model)
 
 
 def _unprune_one(axis: Axis, idxs: list[int], score: torch.Tensor) -> list[int]:
@@ -307,59 +223,3 @@ def prune_to(model: nn.Module, target: int, metric: str = "params", size: int = 
         else:
             high = middle
     return best
-
-
-def _block_config(block_module: nn.Module, block: C3Block | S2Block, width: int) -> C3Block | S2Block:
-    reduced = block_module.reduce.out_channels
-    widths = tuple(_branch_out(branch) for branch in block_module.branches)
-    plain = block.model_copy(update={"reduced_width": None, "branch_widths": None})
-    derived_reduced, derived_widths = block_widths(plain, width)
-    return block.model_copy(
-        update={
-            "reduced_width": None if reduced == derived_reduced else reduced,
-            "branch_widths": None if widths == derived_widths else widths,
-        }
-    )
-
-
-def _stage_blocks(stage_module: nn.Module, blocks, width: int) -> tuple:
-    return tuple(_block_config(m, b, width) for m, b in zip(stage_module.blocks, blocks))
-
-
-def config_of(model: nn.Module) -> C3NetConfig | SINetConfig:
-    """The config that builds this (possibly pruned) network, read from its layer shapes."""
-    config = model.config
-    if isinstance(model, C3Net):
-        stages = []
-        for stage_module, stage in zip(model.stages, config.stages):
-            width = stage_module.blocks[0].norm.bn.num_features
-            stages.append(stage.model_copy(update={"width": width, "blocks": _stage_blocks(stage_module, stage.blocks, width)}))
-        decoder = model.coarse[0].out_channels
-        fine = _block_config(model.fine_block, config.fine_block, decoder) if config.fine_block is not None else None
-        data = config.model_copy(
-            update={"stem_width": model.stem.conv.out_channels, "stages": tuple(stages), "decoder_width": decoder, "fine_block": fine}
-        )
-    elif isinstance(model, SINet):
-        stages = []
-        in_channels = model.stem.conv.out_channels
-        for down, stage_module, stage in zip(model.downs, model.stages, config.stages):
-            width = stage_module.blocks[0].norm.bn.num_features
-            hidden = down.se.layers[0].out_features if len(down.se.layers) == 4 else None
-            if hidden is not None and hidden == in_channels // stage.se_divide:
-                hidden = None
-            stages.append(
-                stage.model_copy(
-                    update={
-                        "down_width": down.pointwise.out_channels,
-                        "se_hidden": hidden,
-                        "width": width,
-                        "blocks": _stage_blocks(stage_module, stage.blocks, width),
-                    }
-                )
-            )
-            in_channels = down.pointwise.out_channels + width
-        data = config.model_copy(update={"stem_width": model.stem.conv.out_channels, "stages": tuple(stages)})
-    else:
-        raise TypeError(f"not a network of ours: {type(model).__name__}")
-    # model_copy skips validation: validate the result as a fresh config.
-    return type(config).model_validate(data.model_dump())

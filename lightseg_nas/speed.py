@@ -25,26 +25,16 @@ from __future__ import annotations
 import shutil
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import FieldError
+from lightseg_nas.settings import COMPILE_AUTO_STEPS, SpeedSettings
 
 __all__ = ["memory_format", "place_model", "place_input", "compiled", "use_compile", "COMPILE_AUTO_STEPS", "SpeedSettings", "SPEED_FIELDS"]
 
-# Runs of at least this many training steps compile in automatic mode. Measured break-even
-# (benchmarks/results/throughput.md, trainer at 160 px on EG1800, two compiled shapes):
-# about 950 steps for ExtremeC3Net and 1,700 for SINet; this threshold is above both.
-COMPILE_AUTO_STEPS = 2000
-
-
-class SpeedSettings(BaseModel):
-    """How a run's steps execute, not what they compute (shared by training, compression and
-    a study's trials): channels-last weights and inputs; torch.compile True, False or None
-    (automatic)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-    channels_last: bool = True
-    compile: bool | None = None
+# COMPILE_AUTO_STEPS (lightseg_nas/settings.py): runs of at least that many training steps
+# compile in automatic mode. Measured break-even (benchmarks/results/throughput.md, trainer
+# at 160 px on EG1800, two compiled shapes): about 950 steps for ExtremeC3Net and 1,700 for
+# SINet; the threshold of 2,000 is above both.
 
 
 # A resume may change these (they choose how fast a run goes, not what it computes).
@@ -75,7 +65,7 @@ def use_compile(choice: bool | None, planned_steps: int, device: torch.device | 
     if choice is None:
         return planned_steps >= COMPILE_AUTO_STEPS and (not on_cpu or _compiler() is not None)
     if choice and on_cpu and _compiler() is None:
-        raise UserError("--compile needs a C++ compiler on the CPU (torch.compile's Inductor); install g++ or leave out --compile")
+        raise FieldError("compile", "{0} needs a C++ compiler on the CPU (torch.compile's Inductor); install g++ or leave out {0}")
     return choice
 
 

@@ -11,67 +11,30 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lightseg_nas.checks import InputSize, Seed, check_finite_state, check_output_dir, folder_lock, load_state_file, non_finite_tensors
+from lightseg_nas.checks import check_finite_state, check_output_dir, folder_lock, load_state_file, non_finite_tensors
 from lightseg_nas.data import SegmentationData, load_split
 from lightseg_nas.data.transforms import augment, get_preprocessing, normalize
-from lightseg_nas.distill import Distiller, DistillSettings, load_teacher
-from lightseg_nas.errors import UserError
-from lightseg_nas.metrics import SegmentationMeter, predict_foreground
+from lightseg_nas.distill import Distiller, load_teacher
+from lightseg_nas.errors import FieldError, UserError, stop_requested
+from lightseg_nas.families import build_model
+from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import make_record, save_record
-from lightseg_nas.models import build_model
-from lightseg_nas.speed import SPEED_FIELDS, SpeedSettings, compiled, place_input, place_model, use_compile
+from lightseg_nas.settings import TrainSettings, parse_options
+from lightseg_nas.speed import SPEED_FIELDS, compiled, place_input, place_model, use_compile
 
-__all__ = ["TrainSettings", "parse_options", "settings_from", "fit", "evaluate", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]
-
-
-class TrainSettings(DistillSettings, SpeedSettings):
-    # allow_inf_nan=False: a learning rate of inf or nan is refused, not trained with
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    epochs: int = Field(30, ge=1, le=100_000, strict=True)
-    batch_size: int = Field(16, ge=1, le=4096, strict=True)
-    lr: float = Field(5e-3, gt=0, le=10)
-    weight_decay: float = Field(1e-4, ge=0, le=10)
-    # Per-step learning-rate schedule after a linear warm-up over the first epoch's steps.
-    schedule: Literal["cosine", "poly", "constant"] = "cosine"
-    # Train and validate at size x size (a multiple of 32).
-    size: InputSize = 224
-    seed: Seed = 0
-    augment: bool = True
-    # Fraction of the training list held out for validation, and the seed that picks it.
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    val_seed: Seed = 0
-    # Epochs (out of ``epochs``) spent first on the encoder's own output, as in the papers.
-    encoder_epochs: int = Field(0, ge=0, le=100_000, strict=True)
-    preprocessing: Literal["default", "released"] = "default"
-    # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
-    max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
-    device: str = "auto"
-    # Distillation (DistillSettings: kd_weight, kd_temperature, cwd_weight) from this teacher,
-    # as named: a model file or a preset; how the steps run: SpeedSettings.
-    teacher: Optional[str] = None
-
-
-def parse_options(model_class: type[BaseModel], values: dict) -> BaseModel:
-    """Command-line values (None = not given) into a settings model, or one-line UserError."""
-    try:
-        return model_class(**{k: v for k, v in values.items() if v is not None})
-    except ValidationError as error:
-        item = error.errors()[0]
-        raise UserError(f"--{'-'.join(map(str, item['loc'])).replace('_', '-')}: {item['msg']}") from None
+__all__ = ["TrainSettings", "settings_from", "fit", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]
 
 
 def settings_from(**values) -> TrainSettings:
     settings = parse_options(TrainSettings, values)
     resolve_device(settings.device)
     if settings.encoder_epochs >= settings.epochs:
-        raise UserError(f"--encoder-epochs ({settings.encoder_epochs}) must be fewer than --epochs ({settings.epochs})")
+        raise FieldError(("encoder_epochs", "epochs"), f"{{0}} ({settings.encoder_epochs}) must be fewer than {{1}} ({settings.epochs})")
     return settings
 
 
@@ -81,11 +44,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device: unknown device {name!r}") from None
+        raise FieldError("device", f"{{0}}: unknown device {name!r}") from None
     if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device: {name!r} cannot train or run networks here; use auto, cpu, cuda or cuda:N")
+        raise FieldError("device", f"{{0}}: {name!r} cannot train or run networks here; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available")
+        raise FieldError("device", "{0} cuda was asked for but no CUDA device is available")
     return device
 
 
@@ -96,21 +59,6 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     if logits.shape[1] == 1:
         return F.binary_cross_entropy_with_logits(logits[:, 0], masks.float())
     return F.cross_entropy(logits, masks.long())
-
-
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module, data: SegmentationData, preprocessing: dict, batch_size: int = 32, device=None, channels_last: bool = False) -> dict:
-    """Metrics of ``model`` on ``data`` at the data's cached size (eval mode, no augmentation);
-    ``channels_last``: inputs in the layout of a model placed channels-last."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    meter = SegmentationMeter()
-    for start in range(0, len(data), batch_size):
-        x = place_input(normalize(data.images[start : start + batch_size].to(device), preprocessing), channels_last)
-        meter.update(predict_foreground(model(x)), data.masks[start : start + batch_size])
-    model.train(was_training)
-    return meter.compute()
 
 
 def _lr_factor(settings: TrainSettings, step: int, steps_per_epoch: int) -> float:
@@ -199,6 +147,7 @@ def fit(
             for first in range(0, len(order), settings.batch_size):
                 if settings.max_steps is not None and step >= settings.max_steps:
                     break
+                stop_requested()  # Ctrl-C or SIGTERM whose exception a finalizer dropped
                 step_started = time.perf_counter()
                 x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, device)
                 x = place_input(x, settings.channels_last)
@@ -294,11 +243,11 @@ def train_to_file(
     out_dir = check_output_dir(Path(out_dir))
     checkpoint = out_dir / "checkpoint.pt"
     if (out_dir / "model.pt").exists() and not checkpoint.exists():
-        raise UserError(f"{out_dir}: already holds a finished model.pt; choose another --out")
+        raise FieldError("out", f"{out_dir}: already holds a finished model.pt; choose another {{0}}")
     if checkpoint.exists() and not resume:
-        raise UserError(f"{out_dir}: holds an unfinished run; pass --resume to continue it or choose another --out")
+        raise FieldError(("resume", "out"), f"{out_dir}: holds an unfinished run; pass {{0}} to continue it or choose another {{1}}")
     if resume and not checkpoint.exists():
-        raise UserError(f"{out_dir}: nothing to resume (no checkpoint.pt); leave out --resume to start a new run")
+        raise FieldError("resume", f"{out_dir}: nothing to resume (no checkpoint.pt); leave out {{0}} to start a new run")
     preprocessing = get_preprocessing(settings.preprocessing)
     device = resolve_device(settings.device)
     distiller, teacher = None, None
@@ -308,7 +257,7 @@ def train_to_file(
             teacher_model.to(device), teacher_preprocessing, preprocessing, settings.kd_temperature, settings.kd_weight, settings.cwd_weight
         )
     elif teacher_weights is not None:
-        raise UserError("--teacher-weights goes with --teacher PRESET")
+        raise FieldError(("teacher_weights", "teacher"), "{0} goes with {1} PRESET")
     if resume:
         _check_same_settings(checkpoint, load_state_file(checkpoint, "checkpoint").get("settings"), settings)
     train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
@@ -316,7 +265,7 @@ def train_to_file(
     # The folder is locked only once the inputs are known good (a refused run leaves nothing).
     with folder_lock(out_dir, "training run"):
         if (out_dir / "model.pt").exists() or (checkpoint.exists() and not resume):  # another run got here first
-            raise UserError(f"{out_dir}: another run wrote here meanwhile; choose another --out")
+            raise FieldError("out", f"{out_dir}: another run wrote here meanwhile; choose another {{0}}")
         return _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data, distiller, teacher)
 
 

@@ -11,8 +11,8 @@ from typing import Callable
 
 import optuna
 
-from lightseg_nas.config import C3NetConfig, SINetConfig
 from lightseg_nas.errors import UserError
+from lightseg_nas.families import NetworkConfig
 from search_spaces import extremec3, hybrid, sinet
 
 __all__ = ["SPACES", "get_space", "list_spaces", "encode", "sample", "space_presets", "smallest"]
@@ -29,13 +29,13 @@ def list_spaces() -> list[str]:
     return sorted(SPACES)
 
 
-def get_space(name: str) -> Callable[..., C3NetConfig | SINetConfig]:
+def get_space(name: str) -> Callable[..., NetworkConfig]:
     if name not in SPACES:
         raise UserError(f"unknown search space {name!r}; known spaces: {', '.join(list_spaces())}")
     return SPACES[name][0]
 
 
-def encode(name: str, config: C3NetConfig | SINetConfig) -> dict:
+def encode(name: str, config: NetworkConfig) -> dict:
     """Params that make space ``name`` produce ``config`` (KeyError-free inverse)."""
     get_space(name)
     return SPACES[name][1](config)
@@ -46,7 +46,7 @@ def space_presets(name: str) -> tuple[str, ...]:
     return SPACES[name][2]
 
 
-def sample(name: str, seed: int, num_classes: int | None = None) -> C3NetConfig | SINetConfig:
+def sample(name: str, seed: int, num_classes: int | None = None) -> NetworkConfig:
     """One random config of a space, reproducible by seed (no study needed)."""
     space = get_space(name)
     verbosity = optuna.logging.get_verbosity()
@@ -90,7 +90,7 @@ class _CheapestTrial:
 def smallest(name: str, num_classes: int):
     """The space's network with the fewest parameters (a lower bound for budgets)."""
     from lightseg_nas.cost import count_params
-    from lightseg_nas.models import build_model
+    from lightseg_nas.families import build_model
 
     space = get_space(name)
     candidates = [space(_CheapestTrial(b, t), num_classes=num_classes) for b in ("max", "min") for t in ("c3", "s2")]

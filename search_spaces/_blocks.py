@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import optuna
 
-from lightseg_nas.config import C3Block, S2Block, S2Branch
+from lightseg_nas.families.blocks import C3Block, S2Block, S2Branch
 
 MAX_C3_BRANCHES = 4
 DILATION_RATES = (1, 8)  # inclusive range

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import optuna
 
-from lightseg_nas.config import C3NetConfig, C3Stage
+from lightseg_nas.families.c3net import C3NetConfig, C3Stage
 from search_spaces._blocks import encode_c3, sample_c3
 
 # name: (low, high, step); ExtremeC3Net is stem 24, widths 48/56, depths 1/5, decoder 24.

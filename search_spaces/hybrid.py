@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import optuna
 
-from lightseg_nas.config import SINetConfig
+from lightseg_nas.families.sinet import SINetConfig
 from search_spaces._blocks import encode_c3_or_s2, sample_c3_or_s2
 from search_spaces.sinet import encode_sinet, sample_sinet
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 import optuna
 
-from lightseg_nas.config import SINetConfig, SINetStage
+from lightseg_nas.families.sinet import SINetConfig, SINetStage
 from search_spaces._blocks import encode_s2, sample_s2
 
 # name: (low, high, step); SINet is stem 12, downs 16/48, widths 48/96, depths 1/7.

@@ -13,8 +13,8 @@ import search_spaces
 from lightseg_nas.cli import app
 from lightseg_nas.config import to_json
 from lightseg_nas.data.transforms import get_preprocessing
+from lightseg_nas.families import build_model
 from lightseg_nas.modelfile import make_record, save_record
-from lightseg_nas.models import build_model
 from tests.fixtures import write_dataset
 from tests.test_search import write_study
 

@@ -16,8 +16,8 @@ from lightseg_nas.cost import count_params
 from lightseg_nas.data.transforms import denormalize, get_preprocessing, normalize
 from lightseg_nas.distill import Distiller, channel_wise_kd, pixel_kd, two_class_logits
 from lightseg_nas.errors import UserError
+from lightseg_nas.families import build_model
 from lightseg_nas.modelfile import load_model_file
-from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset
 
 runner = CliRunner()

@@ -2,17 +2,9 @@ import json
 
 import pytest
 
-from lightseg_nas.config import (
-    C3Block,
-    S2Block,
-    S2Branch,
-    arch_id,
-    canonical_json,
-    config_from_dict,
-    config_from_json,
-    to_json,
-)
+from lightseg_nas.config import arch_id, canonical_json, config_from_dict, config_from_json, to_json
 from lightseg_nas.errors import UserError
+from lightseg_nas.families.blocks import C3Block, S2Block, S2Branch
 from lightseg_nas.presets import get_preset, list_presets
 
 

@@ -20,8 +20,8 @@ from lightseg_nas.checks import folder_lock
 from lightseg_nas.cli import app
 from lightseg_nas.config import to_json
 from lightseg_nas.data.transforms import get_preprocessing
+from lightseg_nas.families import build_model
 from lightseg_nas.modelfile import make_record, save_record
-from lightseg_nas.models import build_model
 from lightseg_nas.search.storage import sqlite_lock
 from tests.fixtures import write_dataset
 from tests.test_bad_input import Payload, _snapshot

@@ -26,7 +26,7 @@ from lightseg_nas.errors import UserError
 from lightseg_nas.search import load_study_file, run_search, write_report
 from tests.fixtures import write_dataset
 from tests.test_scaleout import CLI, ENV, running_trials, search_process, wait_for
-from tests.test_search import write_study
+from tests.test_search import SLOW_RUNGS, write_study
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_passwords_are_masked_in_everything_a_run_writes(tmp_path, postgres_url)
 
 def _sqlite_search_in_a_trial(tmp_path, n_trials):
     """(study file, storage URL, search process) once the process is inside its first trial."""
-    study = write_study(tmp_path, fidelity="false")
+    study = write_study(tmp_path, fidelity="false", rungs=SLOW_RUNGS)
     storage = f"sqlite:///{tmp_path / 'tiny.db'}"
     worker = search_process(study, storage, "tiny", n_trials)
     assert wait_for(lambda: len(running_trials(storage, "tiny")) == 1)

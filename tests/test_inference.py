@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 import search_spaces
 from lightseg_nas.cli import app
 from lightseg_nas.data.transforms import get_preprocessing
+from lightseg_nas.families import build_model
 from lightseg_nas.modelfile import make_record, save_record
-from lightseg_nas.models import build_model
 
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ import torch
 
 from lightseg_nas.cost import count_macs, count_params
 from lightseg_nas.errors import UserError
-from lightseg_nas.models import build_model
+from lightseg_nas.families import build_model
 from lightseg_nas.presets import get_preset, load_released_weights
 
 RELEASED = {
@@ -65,7 +65,7 @@ def test_the_papers_protocol_reproduces_the_official_scores(official, eg1800):
     (per-image foreground IoU, the papers' "mIoU")."""
     from lightseg_nas.data import load_split
     from lightseg_nas.data.transforms import get_preprocessing
-    from lightseg_nas.train import evaluate
+    from lightseg_nas.metrics import evaluate
 
     data = load_split(f"eg1800:{eg1800}", "trainval", 224)
     assert len(data) == 1341

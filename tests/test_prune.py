@@ -13,7 +13,7 @@ import search_spaces
 from lightseg_nas import prune
 from lightseg_nas.config import config_from_json, to_json
 from lightseg_nas.cost import count_params
-from lightseg_nas.models import build_model
+from lightseg_nas.families import build_model
 from lightseg_nas.presets import get_preset
 
 SAMPLES = 20

@@ -12,7 +12,7 @@ import torch
 from optuna.trial import TrialState
 
 from lightseg_nas.search import load_study_file, run_search
-from tests.test_search import write_study
+from tests.test_search import SLOW_RUNGS, write_study
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 CLI = [sys.executable, "-m", "lightseg_nas.cli"]
@@ -88,7 +88,7 @@ def test_sigkilled_worker_is_detected_and_the_study_still_completes(tmp_path, po
 
 @pytest.mark.parametrize("stop,background", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, True)])
 def test_sigint_or_sigterm_stops_cleanly_and_the_same_command_resumes(tmp_path, postgres_url, stop, background):
-    study = write_study(tmp_path, fidelity="false")
+    study = write_study(tmp_path, fidelity="false", rungs=SLOW_RUNGS)
     name = f"interrupt-{stop.name}-{background}"
     worker = search_process(study, postgres_url, name, 4, background=background)
     assert wait_for(lambda: any("rung0_val_fg_iou" not in t.user_attrs for t in running_trials(postgres_url, name)))
@@ -98,7 +98,7 @@ def test_sigint_or_sigterm_stops_cleanly_and_the_same_command_resumes(tmp_path, 
     assert code == 130, (code, stderr[-3000:])
     assert "interrupted" in stderr
     loaded, trial_states = states(postgres_url, name)
-    assert TrialState.RUNNING not in trial_states and TrialState.FAIL in trial_states
+    assert TrialState.RUNNING not in trial_states and TrialState.FAIL in trial_states, [(t.state, t.user_attrs.get("outcome")) for t in loaded.trials]
     resumed = search_process(study, postgres_url, name, 4)
     assert resumed.wait(timeout=600) == 0
     _, trial_states = states(postgres_url, name)

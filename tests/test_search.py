@@ -44,7 +44,7 @@ repeats = 1
 [fidelity]
 enabled = {fidelity}
 reduction_factor = 2
-rungs = [{{ size = 32, epochs = 1 }}, {{ size = 64, epochs = 1 }}]
+rungs = {rungs}
 
 [training]
 batch_size = 8
@@ -54,9 +54,14 @@ compute = {proxies}
 """
 
 
-def write_study(folder, space="sinet", minimize='["params"]', budgets="", fidelity="true", proxies="[]", study_extra=""):
+FAST_RUNGS = "[{ size = 32, epochs = 1 }, { size = 64, epochs = 1 }]"
+# trials that spend a few seconds in their first rung: a signal sent while one trains lands in training
+SLOW_RUNGS = "[{ size = 64, epochs = 12 }, { size = 64, epochs = 1 }]"
+
+
+def write_study(folder, space="sinet", minimize='["params"]', budgets="", fidelity="true", proxies="[]", study_extra="", rungs=FAST_RUNGS):
     path = folder / "tiny.toml"
-    path.write_text(TINY.format(space=space, minimize=minimize, budgets=budgets, fidelity=fidelity, proxies=proxies, study_extra=study_extra))
+    path.write_text(TINY.format(space=space, minimize=minimize, budgets=budgets, fidelity=fidelity, proxies=proxies, study_extra=study_extra, rungs=rungs))
     return path
 
 
@@ -215,7 +220,7 @@ BAD_STUDIES = {
 def test_bad_study_files_exit_2_with_one_line(tmp_path, case):
     text, expected = BAD_STUDIES[case]
     text = text.replace("{space}", "sinet").replace("{minimize}", '["params"]').replace("{budgets}", "").replace("{study_extra}", "")
-    text = text.replace("{fidelity}", "true").replace("{proxies}", "[]").replace("{{", "{").replace("}}", "}")
+    text = text.replace("{fidelity}", "true").replace("{proxies}", "[]").replace("{rungs}", FAST_RUNGS).replace("{{", "{").replace("}}", "}")
     path = tmp_path / "bad.toml"
     path.write_text(text)
     result = runner.invoke(app, ["search", str(path), "--no-progress"])

@@ -8,7 +8,7 @@ import torch
 import search_spaces
 from lightseg_nas.config import arch_id, config_from_json, to_json
 from lightseg_nas.cost import count_macs, count_params
-from lightseg_nas.models import build_model
+from lightseg_nas.families import build_model
 from lightseg_nas.presets import get_preset
 
 SEEDS = [0, 1, 2, 3]

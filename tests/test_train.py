@@ -9,9 +9,9 @@ from lightseg_nas.cli import app
 from lightseg_nas.config import to_json
 from lightseg_nas.data import load_split
 from lightseg_nas.data.transforms import get_preprocessing, normalize
+from lightseg_nas.families import build_model
 from lightseg_nas.metrics import SegmentationMeter
 from lightseg_nas.modelfile import load_model_file
-from lightseg_nas.models import build_model
 from lightseg_nas.speed import place_input, place_model
 from lightseg_nas.train import fit, settings_from
 

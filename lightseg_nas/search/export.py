@@ -8,8 +8,9 @@ import optuna
 from optuna.trial import TrialState
 
 from lightseg_nas.config import arch_id, config_from_dict, to_json
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import FieldError, UserError
 from lightseg_nas.modelfile import atomic_write_text
+from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.report import trials_dataframe
 
 
@@ -17,7 +18,7 @@ def choose_trials(study: optuna.Study, trial: int | None = None, max_params: int
     """Exactly one rule: a trial number, the most accurate full-fidelity trial under a
     parameter budget, or the whole full-fidelity front."""
     if sum(x is not None and x is not False for x in (trial, max_params, front)) != 1:
-        raise UserError("give exactly one of --trial N, --best-under-params N, --front")
+        raise FieldError(("trial", "best_under_params", "front"), "give exactly one of {0} N, {1} N, {2}")
     frame = trials_dataframe(study)
     if frame.empty:
         raise UserError(f"study {study.study_name!r} has no trials")
@@ -45,8 +46,9 @@ def export_trials(study: optuna.Study, numbers: list[int], out: Path) -> list[Pa
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     configs = []
     for number in numbers:
-        config = config_from_dict(trials[number].user_attrs["config"], f"trial {number} (config)")
-        if arch_id(config) != trials[number].user_attrs.get("arch_id"):
+        stored = TrialRecord.of(trials[number])
+        config = config_from_dict(stored.config, f"trial {number} (config)")
+        if arch_id(config) != stored.arch_id:
             raise UserError(f"trial {number}: the recorded config does not match its recorded arch id")
         configs.append(config)
     return [atomic_write_text(Path(out) / f"{arch_id(c)}.json", to_json(c)) for c in configs]

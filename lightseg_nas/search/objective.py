@@ -2,8 +2,9 @@
 
 Cheap before expensive: parameters and MACs are known before any training, so a candidate
 over a hard budget ends at once (PRUNED, ``infeasible``), and an architecture already
-trained (same arch id) is not trained again. Every trial records what it built as user
-attributes: config, arch id, costs, proxies, the rung (fidelity) reached, seed, code version.
+trained (same arch id) is not trained again. Every trial records what it built in its
+trial record (``record.py``): config, arch id, costs, proxies, the rung (fidelity) reached,
+how it ended, seed, code version.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from lightseg_nas.config import arch_id
 from lightseg_nas.cost import count_macs, count_params, measure_latency
 from lightseg_nas.data import load_split
 from lightseg_nas.data.transforms import get_preprocessing, normalize
+from lightseg_nas.errors import stop_requested
+from lightseg_nas.families import build_model
 from lightseg_nas.modelfile import code_version
-from lightseg_nas.models import build_model
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search.fidelity import is_promoted
 from lightseg_nas.search.proxies import compute_proxies
+from lightseg_nas.search.record import RECORD_VERSION, TrialRecord, record
 from lightseg_nas.search.study_file import COST_ATTRS, StudyFile
-from lightseg_nas.train import TrainSettings, fit, images_per_s
+from lightseg_nas.settings import SplitSettings, TrainSettings
+from lightseg_nas.train import fit, images_per_s
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -56,11 +60,11 @@ class Objective:
     def _costs(self, trial: optuna.Trial, model: torch.nn.Module) -> dict:
         sf = self.study_file
         costs = {"params": count_params(model)}
-        trial.set_user_attr("params", costs["params"])
+        record(trial, params=costs["params"])
         needs = set(sf.objectives.minimize) | {name for name, limit in (("macs", sf.budgets.max_macs), ("latency", sf.budgets.max_latency_ratio)) if limit}
         if "macs" in needs:
             costs["macs"] = count_macs(model, sf.cost.size, counters=["fvcore"])["fvcore"].macs
-            trial.set_user_attr("macs", costs["macs"])
+            record(trial, macs=costs["macs"])
         self._check_budgets(trial, costs, ("params", "macs"))
         if "latency" in needs:
             reference = build_model(get_preset(sf.cost.reference).model_copy(update={"num_classes": sf.study.num_classes}))
@@ -68,9 +72,7 @@ class Objective:
                 {"candidate": model, "reference": reference}, sf.cost.size, sf.cost.threads, warmup=2, repeats=sf.cost.repeats, backend=sf.cost.backend
             )
             costs["latency"] = timing["candidate"].median_ms / timing["reference"].median_ms
-            trial.set_user_attr("latency_ms", timing["candidate"].median_ms)
-            trial.set_user_attr("latency_backend", sf.cost.backend)
-            trial.set_user_attr(COST_ATTRS["latency"], costs["latency"])
+            record(trial, latency_ms=timing["candidate"].median_ms, latency_backend=sf.cost.backend, latency_ratio=costs["latency"])
             self._check_budgets(trial, costs, ("latency",))
         return costs
 
@@ -84,15 +86,15 @@ class Objective:
             trial.set_constraint(f"max_{name}", float(costs[name] - limit))
         over = [f"{name} {costs[name]:.4g} > {limit:g}" for name, limit in checked.items() if costs[name] > limit]
         if over:
-            trial.set_user_attr("infeasible", True)
-            trial.set_user_attr("reason", "over budget: " + ", ".join(over))
+            record(trial, infeasible=True, outcome="over_budget", reason="over budget: " + ", ".join(over))
             raise optuna.TrialPruned("over budget: " + ", ".join(over))
 
     # -- duplicates and proxies ---------------------------------------------------------
     @staticmethod
     def _trained_twin(trial: optuna.Trial, identity: str):
         for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if other.number != trial.number and other.user_attrs.get("arch_id") == identity and other.user_attrs.get("duplicate_of") is None:
+            stored = TrialRecord.of(other)
+            if other.number != trial.number and stored.arch_id == identity and stored.duplicate_of is None:
                 return other
         return None
 
@@ -101,36 +103,38 @@ class Objective:
         if screen is None:
             return
         trained = [
-            t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if f"proxy_{screen.proxy}" in t.user_attrs and t.user_attrs.get("duplicate_of") is None
+            (t, stored) for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for stored in [TrialRecord.of(t)]
+            if screen.proxy in stored.proxies and stored.duplicate_of is None
         ]
         if len(trained) < screen.min_trials:
             return
         import pandas as pd
 
-        proxy = pd.Series([t.user_attrs[f"proxy_{screen.proxy}"] for t in trained])
-        accuracy = pd.Series([t.values[0] for t in trained])
+        proxy = pd.Series([stored.proxies[screen.proxy] for _, stored in trained])
+        accuracy = pd.Series([t.values[0] for t, _ in trained])
         correlation = proxy.corr(accuracy, method="spearman")
-        trial.set_user_attr("screen_correlation", float(correlation))
+        record(trial, screen_correlation=float(correlation))
         if not correlation >= screen.min_correlation:
             return
         threshold = float(np.quantile(proxy, screen.skip_below_quantile))
         if scores[screen.proxy] < threshold:
-            trial.set_user_attr("reason", f"skipped: {screen.proxy} {scores[screen.proxy]:.3g} below the {screen.skip_below_quantile:g} quantile {threshold:.3g} (correlation {correlation:.2f})")
-            raise optuna.TrialPruned(trial.user_attrs["reason"])
+            reason = f"skipped: {screen.proxy} {scores[screen.proxy]:.3g} below the {screen.skip_below_quantile:g} quantile {threshold:.3g} (correlation {correlation:.2f})"
+            record(trial, outcome="skipped", reason=reason)
+            raise optuna.TrialPruned(reason)
 
     # -- multi-fidelity -------------------------------------------------------------------
     def _promoted(self, trial: optuna.Trial, rung: int, accuracy: float, costs: dict) -> bool:
-        key = f"rung{rung}_val_fg_iou"
         names = self.study_file.objectives.minimize
         rows, candidate = [], None
         for other in trial.study.get_trials(deepcopy=False):
             if other.number == trial.number:
                 candidate = len(rows)
                 rows.append([-accuracy, *[costs[n] for n in names]])
-            elif key in other.user_attrs and other.user_attrs.get("duplicate_of") is None:
-                attrs = other.user_attrs
-                rows.append([-attrs[key], *[attrs[COST_ATTRS[n]] for n in names]])
+                continue
+            stored = TrialRecord.of(other)
+            if rung in stored.rung_val_fg_iou and stored.duplicate_of is None:
+                rows.append([-stored.rung_val_fg_iou[rung], *[getattr(stored, COST_ATTRS[n]) for n in names]])
         return is_promoted(candidate, np.array(rows, dtype=float), self.study_file.fidelity.reduction_factor)
 
     # -- the trial ----------------------------------------------------------------------
@@ -142,8 +146,9 @@ class Objective:
             return
         earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and t.state != TrialState.FAIL]
         if len(earlier) >= self.target:
-            trial.set_user_attr("reason", f"surplus: {len(earlier)} earlier trials already meet the target of {self.target}")
-            raise SurplusTrial(trial.user_attrs["reason"])
+            reason = f"surplus: {len(earlier)} earlier trials already meet the target of {self.target}"
+            record(trial, outcome="surplus", reason=reason)
+            raise SurplusTrial(reason)
 
     def __call__(self, trial: optuna.Trial) -> tuple:
         sf = self.study_file
@@ -151,17 +156,15 @@ class Objective:
         started = time.perf_counter()
         config = self.space(trial, num_classes=sf.study.num_classes)
         identity = arch_id(config)
-        for key, value in (("config", config.model_dump(mode="json")), ("arch_id", identity), ("seed", sf.study.seed), ("code_version", code_version())):
-            trial.set_user_attr(key, value)
+        record(trial, record_version=RECORD_VERSION, config=config.model_dump(mode="json"), arch_id=identity, seed=sf.study.seed, code_version=code_version())
         torch.manual_seed(sf.study.seed)
         model = build_model(config)
         costs = self._costs(trial, model)
 
         twin = self._trained_twin(trial, identity)
         if twin is not None:
-            trial.set_user_attr("duplicate_of", twin.number)
-            for key in ("fidelity", "epochs"):
-                trial.set_user_attr(key, twin.user_attrs.get(key))
+            stored = TrialRecord.of(twin)
+            record(trial, outcome="duplicate", duplicate_of=twin.number, fidelity=stored.fidelity, epochs=stored.epochs)
             return tuple(twin.values)
 
         first_rung = sf.fidelity.rungs[0]
@@ -169,35 +172,30 @@ class Objective:
             batch = self.data("train", first_rung.size)
             x = normalize(batch.images[: sf.training.batch_size], self.preprocessing)
             scores = compute_proxies(sf.proxies.compute, model, x, batch.masks[: sf.training.batch_size])
-            for name, value in scores.items():
-                trial.set_user_attr(f"proxy_{name}", value)
+            record(trial, proxies=scores)
             self._screen(trial, scores)
 
         epochs, histories = 0, []
         try:
             for index, rung in enumerate(sf.fidelity.rungs):
-                settings = TrainSettings(
-                    epochs=rung.epochs, size=rung.size, batch_size=sf.training.batch_size, lr=sf.training.lr,
-                    weight_decay=sf.training.weight_decay, augment=sf.training.augment, seed=sf.study.seed,
-                    val_fraction=sf.data.val_fraction, val_seed=sf.data.val_seed, device=sf.training.device,
-                    channels_last=sf.training.channels_last, compile=sf.training.compile,
-                )
+                split = sf.data.model_dump(include=set(SplitSettings.model_fields))
+                settings = TrainSettings(**sf.training.model_dump(), **split, epochs=rung.epochs, size=rung.size, seed=sf.study.seed)
                 history = fit(model, self.data("train", rung.size), self.data("val", rung.size), settings, self.preprocessing, progress=False)
                 accuracy = history[-1]["val_fg_iou"]
                 histories += history
                 epochs += rung.epochs
-                trial.set_user_attr(f"rung{index}_val_fg_iou", accuracy)
-                trial.set_user_attr("fidelity", index)
-                trial.set_user_attr("epochs", epochs)
-                trial.set_user_attr("train_seconds", time.perf_counter() - started)
-                trial.set_user_attr("images_per_s", images_per_s(histories))
+                record(
+                    trial, rung_val_fg_iou={index: accuracy}, fidelity=index, epochs=epochs, outcome="trained",
+                    train_seconds=time.perf_counter() - started, images_per_s=images_per_s(histories),
+                )
                 last = index == len(sf.fidelity.rungs) - 1
                 if not last and sf.fidelity.enabled and not self._promoted(trial, index, accuracy, costs):
                     break
+            stop_requested()  # a stop whose exception was dropped ends the trial as interrupted
         except KeyboardInterrupt:
-            trial.set_user_attr("reason", "interrupted (SIGINT or SIGTERM) during training")
+            record(trial, outcome="interrupted", reason="interrupted (SIGINT or SIGTERM) during training")
             raise
         except Exception as error:  # NaN loss, out of memory, a broken candidate: recorded, the study goes on
-            trial.set_user_attr("reason", f"failed: {error.__class__.__name__}: {str(error)[:300]}")
+            record(trial, outcome="failed", reason=f"failed: {error.__class__.__name__}: {str(error)[:300]}")
             raise
         return (accuracy, *[costs[name] for name in sf.objectives.minimize])

@@ -23,6 +23,7 @@ from plotly.offline import get_plotlyjs
 
 from lightseg_nas.search.fidelity import non_dominated_ranks
 from lightseg_nas.search.proxies import PROXIES
+from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.study_file import COST_ATTRS as COST_COLUMNS  # objective -> trials.csv column
 
 COST_LABELS = {"params": "parameters", "macs": "MACs (fvcore)", "latency": "latency ratio to the reference preset"}
@@ -30,7 +31,7 @@ COST_LABELS = {"params": "parameters", "macs": "MACs (fvcore)", "latency": "late
 
 TRIAL_COLUMNS = [
     "number", "state", "arch_id", "baseline", "val_fg_iou", "params", "macs", "latency_ratio", "latency_ms", "latency_backend", "fidelity",
-    "epochs", "full_fidelity", "duplicate_of", "infeasible", "reason", "train_seconds", "images_per_s", "seed", "code_version",
+    "epochs", "full_fidelity", "duplicate_of", "infeasible", "outcome", "reason", "train_seconds", "images_per_s", "seed", "code_version",
     "datetime_complete", *[f"proxy_{name}" for name in PROXIES],
 ]
 
@@ -46,33 +47,34 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     rows = []
     last_rung = len(study.user_attrs.get("rungs", [None])) - 1
     for trial in study.get_trials(deepcopy=False):
-        attrs = trial.user_attrs
+        stored = TrialRecord.of(trial)
         row = {
             "number": trial.number,
             "state": trial.state.name,
-            "arch_id": attrs.get("arch_id"),
-            "baseline": attrs.get("baseline"),
+            "arch_id": stored.arch_id,
+            "baseline": stored.baseline,
             "val_fg_iou": trial.values[0] if trial.values else np.nan,
-            "params": attrs.get("params"),
-            "macs": attrs.get("macs"),
-            "latency_ratio": attrs.get("latency_ratio"),
-            "latency_ms": attrs.get("latency_ms"),
+            "params": stored.params,
+            "macs": stored.macs,
+            "latency_ratio": stored.latency_ratio,
+            "latency_ms": stored.latency_ms,
             # studies from before the backend choice measured eager torch, the only backend then
-            "latency_backend": attrs.get("latency_backend", "torch" if attrs.get("latency_ms") is not None else None),
-            "fidelity": attrs.get("fidelity"),
-            "epochs": attrs.get("epochs"),
-            "full_fidelity": attrs.get("fidelity") == last_rung,
-            "duplicate_of": attrs.get("duplicate_of"),
-            "infeasible": bool(attrs.get("infeasible", False)),
-            "reason": attrs.get("reason"),
-            "train_seconds": attrs.get("train_seconds"),
-            "images_per_s": attrs.get("images_per_s"),
-            "seed": attrs.get("seed"),
-            "code_version": attrs.get("code_version"),
+            "latency_backend": stored.latency_backend or ("torch" if stored.latency_ms is not None else None),
+            "fidelity": stored.fidelity,
+            "epochs": stored.epochs,
+            "full_fidelity": stored.fidelity == last_rung,
+            "duplicate_of": stored.duplicate_of,
+            "infeasible": stored.infeasible,
+            "outcome": stored.outcome,
+            "reason": stored.reason,
+            "train_seconds": stored.train_seconds,
+            "images_per_s": stored.images_per_s,
+            "seed": stored.seed,
+            "code_version": stored.code_version,
             "datetime_complete": trial.datetime_complete,
         }
         for name in PROXIES:
-            row[f"proxy_{name}"] = attrs.get(f"proxy_{name}")
+            row[f"proxy_{name}"] = stored.proxies.get(name)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
     frame["on_front"] = False

@@ -14,9 +14,10 @@ import optuna
 from optuna.trial import TrialState
 
 import search_spaces
-from lightseg_nas.errors import STOP, Interrupted, UserError, install_stop_handlers
+from lightseg_nas.errors import STOP, FieldError, Interrupted, UserError, install_stop_handlers
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search.objective import FINISHED, Objective
+from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.storage import fail_dead_trials, make_storage, redact, sqlite_lock, sqlite_path
 from lightseg_nas.search.study_file import StudyFile
 
@@ -44,7 +45,7 @@ def open_study(study_file: StudyFile, storage: str | None = None, study_name: st
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(backend, include_best_trial=False)}
     if name in existing:
         if [d.name.lower() for d in existing[name].directions] != directions:
-            raise UserError(f"study {name!r} in {redact(url)} has other objectives; use another --study-name or storage")
+            raise FieldError("study_name", f"study {name!r} in {redact(url)} has other objectives; use another {{0}} or storage")
     elif not create:
         raise UserError(f"no study {name!r} in {redact(url)}")
     # Each (re)start draws new random numbers: a resumed study does not replay the
@@ -122,7 +123,7 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu
     failures = []
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL and not trial.user_attrs.get("reason", "").startswith("surplus"):
+        if trial.state == TrialState.FAIL and TrialRecord.of(trial).outcome != "surplus":
             failures.append(trial.number)
         bar.n = min(finished_count(study), target)
         from lightseg_nas.search.report import front_size
@@ -192,7 +193,7 @@ def run_workers(
 
     url = study_file.storage_url(storage)
     if url == "memory" or sqlite_path(url) is not None:
-        raise UserError("--workers needs a storage that several processes can share: use --storage postgresql://USER@HOST/DB")
+        raise FieldError(("workers", "storage"), "{0} needs a storage that several processes can share: use {1} postgresql://USER@HOST/DB")
     target = n_trials or study_file.study.n_trials
     study = open_study(study_file, storage, study_name)  # created once, before the workers race to create it
     from lightseg_nas.checks import usable_cores

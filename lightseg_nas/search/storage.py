@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from lightseg_nas.checks import file_lock
 from lightseg_nas.errors import UserError
+from lightseg_nas.search.record import TrialRecord
 
 __all__ = ["normalize", "redact", "sqlite_path", "make_storage", "sqlite_lock", "fail_dead_trials", "CONNECT_TIMEOUT_S", "STATEMENT_TIMEOUT_MS"]
 
@@ -168,7 +169,9 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "reason", "failed: its worker died (found running when the study was reopened)")
+        died = TrialRecord(outcome="worker_died", reason="failed: its worker died (found running when the study was reopened)")
+        for key, value in died.to_attrs({"outcome", "reason"}).items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
         if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
             failed.append(trial.number)
             callback(study, study._storage.get_trial(trial._trial_id))

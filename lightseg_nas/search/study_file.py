@@ -6,15 +6,16 @@ relative to the study file, so a study folder can be moved or shared as a whole.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal, Optional
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lightseg_nas.checks import InputSize, Seed, reject_bools
 from lightseg_nas.cost import LATENCY_BACKENDS
 from lightseg_nas.errors import UserError
+from lightseg_nas.settings import Epochs, OptimizerSettings, SpeedSettings, SplitSettings
 
 # Cost objective -> the trial attribute that holds it (latency is kept as a ratio).
 COST_ATTRS = {"params": "params", "macs": "macs", "latency": "latency_ratio"}
@@ -59,10 +60,8 @@ class StudySection(_Section):
         return self
 
 
-class DataSection(_Section):
+class DataSection(_Section, SplitSettings):
     spec: str = "synthetic"
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    val_seed: Seed = 0
 
 
 class ObjectivesSection(_Section):
@@ -98,7 +97,7 @@ class CostSection(_Section):
 
 class Rung(_Section):
     size: InputSize
-    epochs: int = _Count(..., 1, 100_000)
+    epochs: Epochs
 
 
 class FidelitySection(_Section):
@@ -110,16 +109,13 @@ class FidelitySection(_Section):
     reduction_factor: int = _Count(3, 2, 1000)
 
 
-class TrainingSection(_Section):
-    batch_size: int = _Count(16, 1, 4096)
-    lr: float = Field(5e-3, gt=0, le=10)
-    weight_decay: float = Field(1e-4, ge=0, le=10)
+class TrainingSection(_Section, OptimizerSettings, SpeedSettings):
+    """batch_size, lr, weight_decay (OptimizerSettings) and how trials train, not what
+    (SpeedSettings: channels-last on; torch.compile automatic, and a trial is far shorter
+    than the steps that earn back compiling)."""
+
     augment: bool = True
     device: str = "auto"
-    # How trials train, not what (lightseg_nas/speed.py): channels-last on; torch.compile
-    # automatic unless set (a trial is far shorter than the steps that earn back compiling).
-    channels_last: bool = True
-    compile: Optional[bool] = None
 
 
 class ScreenSection(_Section):
@@ -241,7 +237,7 @@ def _check_budgets_reachable(path: Path, study: StudyFile) -> None:
     """A budget that even the space's smallest network exceeds can never be met."""
     import search_spaces
     from lightseg_nas.cost import count_macs, count_params
-    from lightseg_nas.models import build_model
+    from lightseg_nas.families import build_model
 
     budgets = study.budgets
     if budgets.max_params is None and budgets.max_macs is None:

@@ -1,0 +1,132 @@
+"""Every run setting, defined once: its type, its limits, its default.
+
+Training (``train``), compression (``compress``) and a study's trials (the study file's
+``[training]``, ``[data]`` and rungs) share these definitions instead of copying them, and
+the CLI shows the defaults it reads from here. This module imports neither torch nor any
+other module of the package but ``errors``, so ``lightseg-nas --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lightseg_nas.errors import FieldError
+
+__all__ = [
+    "INPUT_MULTIPLE", "MAX_SIZE", "SEED_MAX", "COMPILE_AUTO_STEPS", "Seed", "InputSize", "Epochs", "Settings", "StepSettings",
+    "OptimizerSettings", "SplitSettings", "SpeedSettings", "DistillSettings", "TrainSettings", "CompressSettings",
+    "default_text", "parse_options",
+]
+
+INPUT_MULTIPLE = 32  # the networks down-sample by 8 and pool by up to 4 more
+# Largest input side: the papers work at 224; past this a cached split of EG1800 alone needs
+# several GB, so a larger value is a typo rather than a plan.
+MAX_SIZE = 1024
+SEED_MAX = 2**32 - 1  # numpy and torch generators take 32-bit seeds
+# Runs of at least this many training steps compile in automatic mode (lightseg_nas/speed.py).
+COMPILE_AUTO_STEPS = 2000
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, strict=True)]
+# An input side: a multiple of INPUT_MULTIPLE from INPUT_MULTIPLE to MAX_SIZE (the one rule).
+InputSize = Annotated[int, Field(ge=INPUT_MULTIPLE, le=MAX_SIZE, multiple_of=INPUT_MULTIPLE, strict=True)]
+Epochs = Annotated[int, Field(ge=1, le=100_000, strict=True)]
+BatchSize = Annotated[int, Field(ge=1, le=4096, strict=True)]
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+
+
+class Settings(BaseModel):
+    # frozen, unknown keys refused, and allow_inf_nan=False: nan and inf are refused for
+    # every number (a learning rate of inf is an error, not a diverged run)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class StepSettings(Settings):
+    """What an optimisation step takes: batch size and Adam's learning rate."""
+
+    batch_size: BatchSize = 16
+    lr: LearningRate = 5e-3
+
+
+class OptimizerSettings(StepSettings):
+    weight_decay: float = Field(1e-4, ge=0, le=10)
+
+
+class SplitSettings(Settings):
+    """The validation split: this fraction of the training list, picked by this seed."""
+
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_seed: Seed = 0
+
+
+class SpeedSettings(Settings):
+    """How a run's steps execute, not what they compute (lightseg_nas/speed.py): channels-last
+    weights and inputs; torch.compile True, False or None (automatic)."""
+
+    channels_last: bool = True
+    compile: Optional[bool] = None
+
+
+class DistillSettings(Settings):
+    """The distillation terms' settings (lightseg_nas/distill.py), for ``train --teacher``
+    and ``compress``."""
+
+    kd_weight: float = Field(1.0, ge=0, le=1e6)
+    kd_temperature: float = Field(2.0, gt=0, le=1e3)
+    cwd_weight: float = Field(1.0, ge=0, le=1e6)
+
+
+class TrainSettings(OptimizerSettings, SplitSettings, DistillSettings, SpeedSettings):
+    epochs: Epochs = 30
+    # Per-step learning-rate schedule after a linear warm-up over the first epoch's steps.
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    # Train and validate at size x size.
+    size: InputSize = 224
+    seed: Seed = 0
+    augment: bool = True
+    # Epochs (out of ``epochs``) spent first on the encoder's own output, as in the papers.
+    encoder_epochs: int = Field(0, ge=0, le=100_000, strict=True)
+    preprocessing: Literal["default", "released"] = "default"
+    # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
+    max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
+    device: str = "auto"
+    # Distil from this teacher, as named: a model file or a preset.
+    teacher: Optional[str] = None
+
+
+class CompressSettings(StepSettings, SplitSettings, DistillSettings, SpeedSettings):
+    metric: Literal["params", "macs"]
+    # An absolute target, or a percentage of the network's current cost (resolved against
+    # the model when the compression starts): exactly one of the two.
+    target: Optional[int] = Field(None, ge=1, le=10**15, strict=True)
+    target_percent: Optional[float] = Field(None, gt=0, lt=100)
+    steps: int = Field(3, ge=1, le=100, strict=True)
+    epochs_per_step: Epochs = 4
+    # Fine-tuning and validation resolution.
+    size: InputSize = 224
+    # Resolution at which MACs are counted (and a MAC target is meant).
+    mac_size: InputSize = 224
+    seed: Seed = 0
+    # Stop each fine-tuning after this many steps (smoke tests); None = whole epochs.
+    max_steps_per_step: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
+    device: str = "auto"
+
+
+def parse_options(model_class: type[BaseModel], values: dict) -> BaseModel:
+    """Given values (None = not given) into a settings model, or a FieldError naming the field."""
+    try:
+        return model_class(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as error:
+        item = error.errors()[0]
+        raise FieldError("_".join(map(str, item["loc"])), f"{{0}}: {item['msg']}") from None
+
+
+def default_text(settings: type[BaseModel], name: str) -> str:
+    """A field's default as the CLI's help shows it."""
+    value = settings.model_fields[name].default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

@@ -1,0 +1,60 @@
+"""One settings schema: training, compression and a study's trials share one definition (and
+one validation rule) per setting; the library names settings as fields, the CLI as options."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from lightseg_nas.checks import check_size
+from lightseg_nas.cli import app
+from lightseg_nas.errors import FieldError, UserError
+from lightseg_nas.search.study_file import DataSection, Rung, TrainingSection
+from lightseg_nas.settings import INPUT_MULTIPLE, CompressSettings, TrainSettings, default_text
+from lightseg_nas.train import settings_from
+
+COMPRESS = {"metric": "params", "target": 1000}
+
+
+@pytest.mark.parametrize("size", [INPUT_MULTIPLE - 1, INPUT_MULTIPLE + 1, 100, 0, 2048])
+def test_one_size_rule_everywhere(size):
+    with pytest.raises(UserError, match=f"multiple of {INPUT_MULTIPLE}"):
+        check_size(size, "size")
+    for build in (lambda: TrainSettings(size=size), lambda: CompressSettings(**COMPRESS, size=size), lambda: Rung(size=size, epochs=1)):
+        with pytest.raises(ValidationError):
+            build()
+
+
+@pytest.mark.parametrize("field,value", [("lr", float("inf")), ("lr", 0.0), ("batch_size", 0), ("val_fraction", 1.0), ("weight_decay", -1.0)])
+def test_a_shared_setting_is_validated_alike_by_train_compress_and_the_study_file(field, value):
+    sections = {"val_fraction": DataSection}.get(field, TrainingSection)
+    for model, extra in ((TrainSettings, {}), (CompressSettings, COMPRESS), (sections, {})):
+        if field in model.model_fields:
+            with pytest.raises(ValidationError):
+                model(**extra, **{field: value})
+    assert TrainSettings.model_fields[field].default == sections.model_fields[field].default
+
+
+def test_a_trial_trains_with_the_study_files_values_and_the_shared_defaults():
+    training, data = TrainingSection(lr=0.01), DataSection(val_seed=3)
+    settings = TrainSettings(**training.model_dump(), **data.model_dump(include={"val_fraction", "val_seed"}), epochs=2, size=64)
+    assert settings.lr == 0.01 and settings.val_seed == 3 and settings.batch_size == TrainSettings().batch_size
+
+
+def test_the_library_names_fields_and_the_cli_names_options(tmp_path):
+    with pytest.raises(FieldError) as caught:
+        settings_from(encoder_epochs=5, epochs=5)
+    assert "encoder_epochs (5) must be fewer than epochs (5)" in str(caught.value) and "--" not in str(caught.value)
+    with pytest.raises(FieldError, match="^lr: "):
+        settings_from(lr=-1.0)
+    result = CliRunner().invoke(app, ["train", "--preset", "sinet", "--out", str(tmp_path / "r"), "--encoder-epochs", "5", "--epochs", "5"])
+    assert result.exit_code == 2 and "--encoder-epochs (5) must be fewer than --epochs (5)" in result.output
+    result = CliRunner().invoke(app, ["train", "--preset", "sinet", "--out", str(tmp_path / "r"), "--lr", "-1"])
+    assert result.exit_code == 2 and "--lr: " in result.output
+
+
+def test_the_help_shows_the_settings_defaults():
+    result = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
+    for field in ("epochs", "batch_size", "lr", "size"):
+        assert f"[default: ({default_text(TrainSettings, field)})]" in result.output, field
