@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from lightseg_nas.errors import FieldError, UserError, install_stop_handlers
-from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, CompressSettings, TrainSettings, default_text
+from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, RECIPES, CompressSettings, TrainSettings, default_text
 
 if TYPE_CHECKING:
     from lightseg_nas.families import NetworkConfig
@@ -284,6 +284,7 @@ def train(
     data: str = DataOption,
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt at the end, checkpoint.pt after each epoch."),
     classes: Optional[int] = ClassesOption,
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=f"Start from a named training recipe ({', '.join(sorted(RECIPES))}; see the README); options given here override its values."),
     epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default=default_text(TrainSettings, "epochs")),
     batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default=default_text(TrainSettings, "batch_size")),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default=default_text(TrainSettings, "lr")),
@@ -318,7 +319,7 @@ def train(
 
     network = _network(preset, config, None, None, classes)
     settings = settings_from(
-        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
+        recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
         seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
         preprocessing=_value(preprocessing), max_steps=max_steps, device=device, channels_last=channels_last, compile=compile_,
         teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,

@@ -17,7 +17,7 @@ from lightseg_nas.errors import FieldError
 __all__ = [
     "INPUT_MULTIPLE", "MAX_SIZE", "SEED_MAX", "COMPILE_AUTO_STEPS", "Seed", "InputSize", "Epochs", "Settings", "StepSettings",
     "OptimizerSettings", "SplitSettings", "SpeedSettings", "DistillSettings", "TrainSettings", "CompressSettings",
-    "default_text", "parse_options",
+    "default_text", "parse_options", "RECIPES",
 ]
 
 INPUT_MULTIPLE = 32  # the networks down-sample by 8 and pool by up to 4 more
@@ -93,6 +93,17 @@ class TrainSettings(OptimizerSettings, SplitSettings, DistillSettings, SpeedSett
     device: str = "auto"
     # Distil from this teacher, as named: a model file or a preset.
     teacher: Optional[str] = None
+    # The named recipe (RECIPES) these settings started from, if any.
+    recipe: Optional[str] = None
+
+
+# Named training recipes: values a run takes unless its own options say otherwise
+# (``train --recipe NAME``; a study file names the one its winners are trained with).
+# Measured in benchmarks/results/learning_curve.md and protocol.md.
+RECIPES: dict[str, dict] = {
+    # the learning-curve protocol: quick, 1.5 points short of its own 224 px score
+    "curve": {"epochs": 15, "size": 160},
+}
 
 
 class CompressSettings(StepSettings, SplitSettings, DistillSettings, SpeedSettings):

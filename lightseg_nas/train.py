@@ -24,13 +24,18 @@ from lightseg_nas.errors import FieldError, UserError, stop_requested
 from lightseg_nas.families import build_model
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import make_record, save_record
-from lightseg_nas.settings import TrainSettings, parse_options
+from lightseg_nas.settings import RECIPES, TrainSettings, parse_options
 from lightseg_nas.speed import SPEED_FIELDS, compiled, place_input, place_model, use_compile
 
 __all__ = ["TrainSettings", "settings_from", "fit", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]
 
 
-def settings_from(**values) -> TrainSettings:
+def settings_from(recipe: Optional[str] = None, **values) -> TrainSettings:
+    """Settings from given values (None = not given), on top of a named recipe's values."""
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise FieldError("recipe", f"{{0}} {recipe!r} is unknown; known: {', '.join(sorted(RECIPES))}")
+        values = {**RECIPES[recipe], **{k: v for k, v in values.items() if v is not None}, "recipe": recipe}
     settings = parse_options(TrainSettings, values)
     resolve_device(settings.device)
     if settings.encoder_epochs >= settings.epochs:

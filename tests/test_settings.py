@@ -58,3 +58,16 @@ def test_the_help_shows_the_settings_defaults():
     result = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
     for field in ("epochs", "batch_size", "lr", "size"):
         assert f"[default: ({default_text(TrainSettings, field)})]" in result.output, field
+
+
+def test_a_recipe_gives_defaults_that_options_override_and_is_recorded():
+    from lightseg_nas.settings import RECIPES
+
+    for name, values in RECIPES.items():
+        settings = settings_from(recipe=name)
+        assert settings.recipe == name and all(getattr(settings, k) == v for k, v in values.items())
+        overridden = settings_from(recipe=name, epochs=3)
+        assert overridden.epochs == 3 and overridden.recipe == name
+    assert settings_from().recipe is None
+    with pytest.raises(FieldError, match="recipe 'nope' is unknown"):
+        settings_from(recipe="nope")
