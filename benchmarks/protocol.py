@@ -40,6 +40,8 @@ RECIPES = {
     "60ep-160": dict(epochs=60, size=160),
     "60ep-224": dict(epochs=60, size=224),
     "100ep-224": dict(epochs=100, size=224),
+    "30ep-160-lovasz": dict(epochs=30, size=160, loss="ce+lovasz"),
+    "30ep-224-lovasz": dict(epochs=30, size=224, loss="ce+lovasz"),
 }
 
 
@@ -63,6 +65,7 @@ def run(name: str, data: str, runs: Path, threads: int) -> dict:
         "epochs": settings.epochs,
         "train_size": settings.size,
         "seed": settings.seed,
+        "loss": settings.loss,
         "val_fg_iou_train_size": round(100 * history[-1]["val_fg_iou"], 2),
         "val_fg_iou_224": round(100 * metrics["fg_iou"], 2),
         "val_miou_224": round(100 * metrics["miou"], 2),
@@ -86,9 +89,9 @@ def write(rows: list[dict], out: Path = OUT) -> None:
     fresh = pd.DataFrame(rows)
     if len(table):
         table = table[~table["run"].isin(fresh["run"])]
-    table = pd.concat([table, fresh], ignore_index=True).sort_values(["preset", "epochs", "train_size"])
+    table = pd.concat([table, fresh], ignore_index=True).sort_values(["preset", "epochs", "train_size", "run"])
     table.to_csv(path, index=False)
-    shown = ["run", "params", "epochs", "train_size", "val_fg_iou_train_size", "val_fg_iou_224", "val_miou_224", "val_boundary_f_224", "fg_iou_at_half_epochs", "cpu_threads", "train_minutes", "images_per_s"]
+    shown = ["run", "params", "epochs", "train_size", "loss", "val_fg_iou_train_size", "val_fg_iou_224", "val_miou_224", "val_boundary_f_224", "fg_iou_at_half_epochs", "cpu_threads", "train_minutes", "images_per_s"]
     (OUT / "protocol.md").write_text(
         "# Final-training protocol candidates\n\n"
         "Written by `python benchmarks/protocol.py RUN ...` (see its docstring for the recipes). Published networks from "

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from lightseg_nas.errors import FieldError, UserError, install_stop_handlers
-from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, RECIPES, CompressSettings, TrainSettings, default_text
+from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, LOSSES, RECIPES, CompressSettings, TrainSettings, default_text
 
 if TYPE_CHECKING:
     from lightseg_nas.families import NetworkConfig
@@ -104,6 +104,9 @@ class Schedule(str, Enum):
     cosine = "cosine"
     poly = "poly"
     constant = "constant"
+
+
+Loss = Enum("Loss", {name: name for name in LOSSES}, type=str)
 
 
 class Preprocessing(str, Enum):
@@ -290,6 +293,7 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default=default_text(TrainSettings, "lr")),
     weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay.", show_default=default_text(TrainSettings, "weight_decay")),
     schedule: Optional[Schedule] = typer.Option(None, help="Learning-rate schedule after one warm-up epoch.", show_default=default_text(TrainSettings, "schedule")),
+    loss: Optional[Loss] = typer.Option(None, help="ce (cross-entropy), lovasz (Lovász hinge, per image) or ce+lovasz.", show_default=default_text(TrainSettings, "loss")),
     size: Optional[int] = typer.Option(None, help="Training and validation resolution.", show_default=default_text(TrainSettings, "size")),
     seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling and augmentation.", show_default=default_text(TrainSettings, "seed")),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Scale/crop, flip, rotation, colour, blur."),
@@ -319,7 +323,7 @@ def train(
 
     network = _network(preset, config, None, None, classes)
     settings = settings_from(
-        recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
+        recipe=recipe, loss=_value(loss), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
         seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
         preprocessing=_value(preprocessing), max_steps=max_steps, device=device, channels_last=channels_last, compile=compile_,
         teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,

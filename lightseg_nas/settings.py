@@ -16,8 +16,8 @@ from lightseg_nas.errors import FieldError
 
 __all__ = [
     "INPUT_MULTIPLE", "MAX_SIZE", "SEED_MAX", "COMPILE_AUTO_STEPS", "Seed", "InputSize", "Epochs", "Settings", "StepSettings",
-    "OptimizerSettings", "SplitSettings", "SpeedSettings", "DistillSettings", "TrainSettings", "CompressSettings",
-    "default_text", "parse_options", "RECIPES",
+    "OptimizerSettings", "LossSettings", "SplitSettings", "SpeedSettings", "DistillSettings", "TrainSettings", "CompressSettings",
+    "default_text", "parse_options", "RECIPES", "LOSSES",
 ]
 
 INPUT_MULTIPLE = 32  # the networks down-sample by 8 and pool by up to 4 more
@@ -53,6 +53,14 @@ class OptimizerSettings(StepSettings):
     weight_decay: float = Field(1e-4, ge=0, le=10)
 
 
+# ce (cross-entropy), lovasz (Lovász hinge) or ce+lovasz (lightseg_nas/losses.py)
+LOSSES = ("ce", "lovasz", "ce+lovasz")
+
+
+class LossSettings(Settings):
+    loss: Literal[LOSSES] = "ce"
+
+
 class SplitSettings(Settings):
     """The validation split: this fraction of the training list, picked by this seed."""
 
@@ -77,7 +85,7 @@ class DistillSettings(Settings):
     cwd_weight: float = Field(1.0, ge=0, le=1e6)
 
 
-class TrainSettings(OptimizerSettings, SplitSettings, DistillSettings, SpeedSettings):
+class TrainSettings(OptimizerSettings, LossSettings, SplitSettings, DistillSettings, SpeedSettings):
     epochs: Epochs = 30
     # Per-step learning-rate schedule after a linear warm-up over the first epoch's steps.
     schedule: Literal["cosine", "poly", "constant"] = "cosine"

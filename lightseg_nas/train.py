@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from lightseg_nas.checks import check_finite_state, check_output_dir, folder_lock, load_state_file, non_finite_tensors
 from lightseg_nas.data import SegmentationData, load_split
@@ -22,6 +21,7 @@ from lightseg_nas.data.transforms import augment, get_preprocessing, normalize
 from lightseg_nas.distill import Distiller, load_teacher
 from lightseg_nas.errors import FieldError, UserError, stop_requested
 from lightseg_nas.families import build_model
+from lightseg_nas.losses import segmentation_loss
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import make_record, save_record
 from lightseg_nas.settings import RECIPES, TrainSettings, parse_options
@@ -55,15 +55,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FieldError("device", "{0} cuda was asked for but no CUDA device is available")
     return device
-
-
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """1 class: binary cross-entropy on the logit; 2 classes: softmax cross-entropy."""
-    if logits.shape[-2:] != masks.shape[-2:]:
-        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-    if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], masks.float())
-    return F.cross_entropy(logits, masks.long())
 
 
 def _lr_factor(settings: TrainSettings, step: int, steps_per_epoch: int) -> float:
@@ -157,7 +148,7 @@ def fit(
                 x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, device)
                 x = place_input(x, settings.channels_last)
                 logits = model.forward_encoder(x) if encoder_only else forward(x)
-                loss = segmentation_loss(logits, masks)
+                loss = segmentation_loss(logits, masks, settings.loss)
                 if extra_loss is not None and not encoder_only:
                     loss = loss + extra_loss(x, logits, masks)
                 if not torch.isfinite(loss):

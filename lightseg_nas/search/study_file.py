@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from lightseg_nas.checks import InputSize, Seed, reject_bools
 from lightseg_nas.cost import LATENCY_BACKENDS
 from lightseg_nas.errors import UserError
-from lightseg_nas.settings import Epochs, OptimizerSettings, SpeedSettings, SplitSettings
+from lightseg_nas.settings import Epochs, LossSettings, OptimizerSettings, SpeedSettings, SplitSettings
 
 # Cost objective -> the trial attribute that holds it (latency is kept as a ratio).
 COST_ATTRS = {"params": "params", "macs": "macs", "latency": "latency_ratio"}
@@ -109,8 +109,8 @@ class FidelitySection(_Section):
     reduction_factor: int = _Count(3, 2, 1000)
 
 
-class TrainingSection(_Section, OptimizerSettings, SpeedSettings):
-    """batch_size, lr, weight_decay (OptimizerSettings) and how trials train, not what
+class TrainingSection(_Section, OptimizerSettings, LossSettings, SpeedSettings):
+    """batch_size, lr, weight_decay (OptimizerSettings), loss (LossSettings) and how trials train, not what
     (SpeedSettings: channels-last on; torch.compile automatic, and a trial is far shorter
     than the steps that earn back compiling)."""
 
