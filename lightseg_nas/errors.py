@@ -1,7 +1,9 @@
-"""The one exception type for mistakes a user can fix (bad file, unknown name, bad value).
+"""Errors a user can fix, and how a run stops on a signal.
 
-The CLI turns it into a single line on stderr and exit code 2; anything else is a bug and
-keeps its traceback.
+``UserError`` (bad file, unknown name, bad value; ``FieldError`` when it is about named
+settings): the CLI turns it into a single line on stderr and exit code 2; anything else is a
+bug and keeps its traceback. Ctrl-C and SIGTERM raise ``Interrupted`` and set ``STOP``: the
+CLI ends with one line and exit code 130.
 """
 
 import re

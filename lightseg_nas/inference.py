@@ -1,4 +1,5 @@
-"""Using a trained network: evaluation, mask prediction with a preview, ONNX export."""
+"""Using a trained network: loading (a model file, or a preset with released weights),
+evaluation on a split, mask prediction with a preview. ONNX export is in onnx_export."""
 
 from __future__ import annotations
 

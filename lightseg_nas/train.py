@@ -1,6 +1,8 @@
 """The trainer: any config (or preset) into a trained, evaluated model file.
 
-Adam with a per-step schedule, augmentation on cached batches, validation every epoch on a
+Adam with a per-step schedule, a loss of lightseg_nas/losses.py, settings of
+lightseg_nas/settings.py (optionally a named recipe), augmentation on cached batches,
+validation every epoch (``metrics.evaluate``) on a
 split carved from the training list, a checkpoint every epoch, and a resume that continues
 exactly: each epoch's shuffling and augmentation come from a generator seeded by
 (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
