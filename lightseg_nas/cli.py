@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from lightseg_nas.errors import FieldError, UserError, install_stop_handlers
-from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, LOSSES, RECIPES, CompressSettings, TrainSettings, default_text
+from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, LOSSES, RECIPES, CompressSettings, SupernetSettings, TrainSettings, default_text
 
 if TYPE_CHECKING:
     from lightseg_nas.families import NetworkConfig
@@ -340,6 +340,57 @@ def train(
         label = " (synthetic data)" if metrics["synthetic"] else ""
         speed = f", {metrics['images_per_s']:.1f} training images/s" if metrics["images_per_s"] else ""
         typer.echo(f"wrote {out / 'model.pt'}: validation fg IoU {100 * metrics.get('val_fg_iou', 0):.2f}% at {metrics['val_size']}px{label}{speed}")
+
+
+@app.command("supernet")
+@user_errors
+def supernet_command(
+    space: str = typer.Option(..., "--space", help="The search space whose networks the supernet holds (extremec3)."),
+    data: str = DataOption,
+    out: Path = typer.Option(..., "--out", help="Run folder: supernet.pt at the end, checkpoint.pt after each epoch."),
+    classes: int = typer.Option(1, "--classes", help="Output classes of every sub-network (1 logit or 2 softmax)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default=default_text(SupernetSettings, "epochs")),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default=default_text(SupernetSettings, "batch_size")),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default=default_text(SupernetSettings, "lr")),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay.", show_default=default_text(SupernetSettings, "weight_decay")),
+    loss: Optional[Loss] = typer.Option(None, help="ce, lovasz or ce+lovasz.", show_default=default_text(SupernetSettings, "loss")),
+    size: Optional[int] = typer.Option(None, help="Training, recalibration and validation resolution.", show_default=default_text(SupernetSettings, "size")),
+    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling, augmentation and sampled sub-networks.", show_default=default_text(SupernetSettings, "seed")),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Scale/crop, flip, rotation, colour, blur."),
+    random_subnets: Optional[int] = typer.Option(None, help="Random sub-networks per step, besides the largest and the smallest.", show_default=default_text(SupernetSettings, "random_subnets")),
+    kd_weight: Optional[float] = typer.Option(None, help="Weight of in-place distillation from the largest sub-network (0: labels alone).", show_default=default_text(SupernetSettings, "kd_weight")),
+    kd_temperature: Optional[float] = typer.Option(None, help="In-place distillation temperature.", show_default=default_text(SupernetSettings, "kd_temperature")),
+    recalibration_images: Optional[int] = typer.Option(None, help="Training images that recalibrate a sub-network's batch norm before it is scored.", show_default=default_text(SupernetSettings, "recalibration_images")),
+    val_fraction: Optional[float] = ValFractionOption,
+    val_seed: Optional[int] = ValSeedOption,
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total (smoke tests)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last epoch."),
+    threads: Optional[int] = ThreadsOption,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+):
+    """Train a weight-sharing supernet of a search space (sandwich rule, in-place distillation).
+
+    Any network of the space is then scored in seconds with the supernet's weights and
+    recalibrated batch norm: a study chooses it with [fidelity] mode = "supernet"."""
+    from lightseg_nas.settings import parse_options
+    from lightseg_nas.supernet import train_supernet
+
+    settings = parse_options(SupernetSettings, dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=_value(loss), size=size, seed=seed, augment=augment,
+        random_subnets=random_subnets, kd_weight=kd_weight, kd_temperature=kd_temperature, recalibration_images=recalibration_images,
+        val_fraction=val_fraction, val_seed=val_seed, max_steps=max_steps,
+    ))
+    _set_threads(threads)
+    record = train_supernet(space, classes, data, out, settings, resume=resume, progress=progress)
+    summary = {**record["metrics"], "supernet": str(out / "supernet.pt"), "space": space, "train_seconds": record["train_seconds"], "synthetic": record["data"]["synthetic"]}
+    if as_json:
+        _print_json(summary)
+    else:
+        typer.echo(
+            f"wrote {out / 'supernet.pt'}: validation fg IoU with inherited weights {100 * summary.get('val_largest_fg_iou', 0):.2f}% (largest) "
+            f"and {100 * summary.get('val_smallest_fg_iou', 0):.2f}% (smallest) at {summary['val_size']}px"
+        )
 
 
 @app.command("eval")

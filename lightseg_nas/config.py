@@ -37,8 +37,9 @@ def config_from_dict(data: object, source: str = "config") -> NetworkConfig:
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a JSON object, got {type(data).__name__}")
     from lightseg_nas.checks import reject_bools
+    from lightseg_nas.settings import bool_fields
 
-    reject_bools(data, set().union(*(family.bool_fields for family in FAMILIES.values())), f"{source}: ")
+    reject_bools(data, set().union(*(bool_fields(family.config_class) for family in FAMILIES.values())), f"{source}: ")
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise UserError(f"{source}: schema_version {version!r} is not supported (this version reads {SCHEMA_VERSION})")

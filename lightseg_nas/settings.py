@@ -16,8 +16,8 @@ from lightseg_nas.errors import FieldError
 
 __all__ = [
     "INPUT_MULTIPLE", "MAX_SIZE", "SEED_MAX", "COMPILE_AUTO_STEPS", "Seed", "InputSize", "Epochs", "Settings", "StepSettings",
-    "OptimizerSettings", "LossSettings", "SplitSettings", "SpeedSettings", "DistillSettings", "TrainSettings", "CompressSettings",
-    "default_text", "parse_options", "RECIPES", "LOSSES",
+    "OptimizerSettings", "LossSettings", "SplitSettings", "SpeedSettings", "DistillSettings", "TrainSettings", "CompressSettings", "SupernetRecipe", "SupernetSettings",
+    "default_text", "parse_options", "bool_fields", "RECIPES", "LOSSES",
 ]
 
 INPUT_MULTIPLE = 32  # the networks down-sample by 8 and pool by up to 4 more
@@ -105,6 +105,31 @@ class TrainSettings(OptimizerSettings, LossSettings, SplitSettings, DistillSetti
     recipe: Optional[str] = None
 
 
+class SupernetRecipe(OptimizerSettings, LossSettings):
+    """How a weight-sharing supernet trains (lightseg_nas/supernet.py): every step trains the
+    largest, the smallest and ``random_subnets`` random sub-networks (the sandwich rule),
+    the others also distilled from the largest (in-place distillation)."""
+
+    epochs: Epochs = 20
+    size: InputSize = 224
+    seed: Seed = 0
+    augment: bool = True
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    random_subnets: int = Field(2, ge=0, le=16, strict=True)
+    # weight and temperature of the in-place distillation (0: labels alone)
+    kd_weight: float = Field(1.0, ge=0, le=1e6)
+    kd_temperature: float = Field(1.0, gt=0, le=1e3)
+    # training images (the first of the training split, not augmented) that recalibrate a
+    # sub-network's batch-norm statistics before it is scored
+    recalibration_images: int = Field(256, ge=1, le=100_000, strict=True)
+    # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
+    max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
+
+
+class SupernetSettings(SupernetRecipe, SplitSettings):
+    """A supernet's recipe and the validation split it must never train on."""
+
+
 # Named training recipes: values a run takes unless its own options say otherwise
 # (``train --recipe NAME``; a study file names the one its winners are trained with).
 # Measured in benchmarks/results/learning_curve.md and protocol.md.
@@ -139,6 +164,29 @@ def parse_options(model_class: type[BaseModel], values: dict) -> BaseModel:
     except ValidationError as error:
         item = error.errors()[0]
         raise FieldError("_".join(map(str, item["loc"])), f"{{0}}: {item['msg']}") from None
+
+
+def bool_fields(model: type[BaseModel]) -> set[str]:
+    """Names of the boolean fields of a settings model and of the models nested in it: the
+    keys where a TOML or JSON ``true``/``false`` is a value, not a mistake."""
+    import typing
+
+    found, seen = set(), set()
+
+    def visit(annotation, name):
+        if annotation is bool:
+            found.add(name)
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation not in seen:
+                seen.add(annotation)
+                for field, info in annotation.model_fields.items():
+                    visit(info.annotation, field)
+        else:
+            for argument in typing.get_args(annotation):
+                visit(argument, name)
+
+    visit(model, None)
+    return found
 
 
 def default_text(settings: type[BaseModel], name: str) -> str:

@@ -15,7 +15,7 @@ from lightseg_nas.errors import UserError
 from lightseg_nas.families import NetworkConfig
 from search_spaces import extremec3, hybrid, sinet
 
-__all__ = ["SPACES", "get_space", "list_spaces", "encode", "sample", "space_presets", "smallest"]
+__all__ = ["SPACES", "get_space", "list_spaces", "encode", "sample", "space_presets", "smallest", "SUPERNET_SPACES", "supernet_space"]
 
 # name -> (trial -> config, config -> params, published networks that are points of it)
 SPACES: dict[str, tuple[Callable, Callable, tuple[str, ...]]] = {
@@ -23,6 +23,18 @@ SPACES: dict[str, tuple[Callable, Callable, tuple[str, ...]]] = {
     "sinet": (sinet.space, sinet.encode, ("sinet",)),
     "hybrid": (hybrid.space, hybrid.encode, ("sinet",)),
 }
+
+
+# spaces with a weight-sharing supernet: name -> module with largest(), smallest(), supernet()
+SUPERNET_SPACES = {"extremec3": extremec3}
+
+
+def supernet_space(name: str):
+    """The module of a space that has a supernet, or UserError."""
+    get_space(name)
+    if name not in SUPERNET_SPACES:
+        raise UserError(f"space {name!r} has no supernet yet; spaces with one: {', '.join(sorted(SUPERNET_SPACES))}")
+    return SUPERNET_SPACES[name]
 
 
 def list_spaces() -> list[str]:

@@ -91,7 +91,6 @@ TINY = Family(
     untied_pairs=lambda model: [],
     config_of=tiny_config_of,
     presets={"tiny-net": Preset(lambda: TinyConfig(num_classes=1, width=16, block=C3Block(dilation_rates=(1, 2))))},
-    bool_fields=frozenset({"upsampled"}),
 )
 
 

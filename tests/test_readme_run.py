@@ -4,8 +4,9 @@ The sandbox mirrors a checkout: ``main/`` (the working folder, with the README's
 files) beside ``shared/data/eg1800`` (a small synthetic dataset in the EG1800 layout), so
 the README's paths work unchanged. What the test changes, and only that:
 
-- the study files are the shipped ones with fewer trials and tiny rungs;
-- training commands get ``--max-steps 2`` and compress commands ``--max-steps-per-step 1``
+- the study files are the shipped ones with fewer trials and tiny rungs (and a tiny supernet);
+- training commands get ``--max-steps 2`` (supernet training also ``--recalibration-images 8``) and
+  compress commands ``--max-steps-per-step 1``
   (the README's schedules are for real runs; options given twice take the last value);
 - the PostgreSQL host is a throwaway local server (skipped where PostgreSQL is absent);
 - a ``--resume`` line after a run that finished must be refused with one line (resuming a
@@ -33,7 +34,7 @@ from tests.fixtures import write_dataset
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = REPO.parent / "shared" / "reference" / "official"
 NOT_OURS = ("pip ", "python -m pytest", "createdb ", "optuna-dashboard ")
-SMOKE = {"train": ["--max-steps", "2"], "compress": ["--max-steps-per-step", "1"]}
+SMOKE = {"train": ["--max-steps", "2"], "compress": ["--max-steps-per-step", "1"], "supernet": ["--max-steps", "2", "--recalibration-images", "8"]}
 runner = CliRunner()
 
 
@@ -59,6 +60,8 @@ def _tiny_study(text: str) -> str:
     text = re.sub(r"timeout_s = \d+\n", "", text)
     text = re.sub(r"rungs = \[.*\]", "rungs = [{ size = 32, epochs = 1 }, { size = 64, epochs = 1 }]", text)
     text = re.sub(r"repeats = \d+", "repeats = 2", text)
+    if "[supernet]" in text:  # a supernet trained for a few steps at 32 px
+        text = re.sub(r"\[supernet\]\n(.*\n)*?(?=\n|\Z)", "[supernet]\nepochs = 1\nsize = 32\nbatch_size = 4\nrandom_subnets = 1\nrecalibration_images = 8\nmax_steps = 2\n", text)
     assert trials == 1
     return text
 

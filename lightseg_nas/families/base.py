@@ -76,5 +76,3 @@ class Family:
     # (pruned) module -> the config that rebuilds it
     config_of: Callable[[nn.Module], NetworkConfig]
     presets: dict[str, Preset] = field(default_factory=dict)
-    # config keys that hold JSON booleans (anywhere else a boolean is refused)
-    bool_fields: frozenset[str] = frozenset()

@@ -249,5 +249,4 @@ FAMILY = Family(
     untied_pairs=untied_pairs,
     config_of=config_of,
     presets={"sinet": Preset(sinet, SINET_KEY_RULES)},
-    bool_fields=frozenset({"information_blocking"}),
 )

@@ -47,6 +47,11 @@ class Objective:
         self.spec = study_file.data_spec()
         self.preprocessing = get_preprocessing("default")
         self._data: dict = {}
+        self.supernet = None
+        if study_file.fidelity.mode == "supernet":
+            from lightseg_nas.search.supernet_fidelity import open_supernet
+
+            self.supernet, self.recalibration, self.supernet_val = open_supernet(study_file)
 
     def data(self, split: str, size: int):
         """Splits are decoded once per process and reused by every trial."""
@@ -177,7 +182,12 @@ class Objective:
 
         epochs, histories = 0, []
         try:
-            for index, rung in enumerate(sf.fidelity.rungs):
+            if self.supernet is not None:
+                from lightseg_nas.supernet import score
+
+                accuracy = score(self.supernet, config, self.recalibration, self.supernet_val, self.preprocessing)["fg_iou"]
+                record(trial, rung_val_fg_iou={0: accuracy}, fidelity=0, epochs=0, outcome="scored", train_seconds=time.perf_counter() - started)
+            for index, rung in enumerate(() if self.supernet is not None else sf.fidelity.rungs):
                 split = sf.data.model_dump(include=set(SplitSettings.model_fields))
                 settings = TrainSettings(**sf.training.model_dump(), **split, epochs=rung.epochs, size=rung.size, seed=sf.study.seed)
                 history = fit(model, self.data("train", rung.size), self.data("val", rung.size), settings, self.preprocessing, progress=False)

@@ -23,12 +23,13 @@ RECORD_VERSION = 1
 
 __all__ = ["RECORD_VERSION", "Outcome", "TrialRecord", "record", "rung_key"]
 
-# trained: trained to the last rung it was promoted to; duplicate: took a trained twin's
+# trained: trained to the last rung it was promoted to; scored: scored with a supernet's
+# weights (fidelity mode "supernet"), untrained; duplicate: took a trained twin's
 # values; over_budget: a hard budget refused it before training; skipped: a proxy screen
 # refused it; surplus: racing workers asked for more trials than the target (not a loss);
 # interrupted: Ctrl-C or SIGTERM during training; worker_died: found running by a later run;
 # failed: an error during the trial.
-Outcome = Literal["trained", "duplicate", "over_budget", "skipped", "surplus", "interrupted", "worker_died", "failed"]
+Outcome = Literal["trained", "scored", "duplicate", "over_budget", "skipped", "surplus", "interrupted", "worker_died", "failed"]
 
 _RUNG = re.compile(r"^rung(\d+)_val_fg_iou$")
 _PROXY = "proxy_"
@@ -75,7 +76,7 @@ class TrialRecord(BaseModel):
     def of(cls, trial: optuna.trial.FrozenTrial | optuna.Trial) -> "TrialRecord":
         """The record of a stored (or running) trial."""
         parsed = cls.from_attrs(trial.user_attrs)
-        if getattr(trial, "state", None) == optuna.trial.TrialState.FAIL and parsed.outcome in (None, "trained", "duplicate"):
+        if getattr(trial, "state", None) == optuna.trial.TrialState.FAIL and parsed.outcome in (None, "trained", "scored", "duplicate"):
             # failed without saying why: its worker was killed and the heartbeat found it stale
             parsed.outcome = "worker_died"
         return parsed

@@ -190,6 +190,7 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFram
     baselines = baselines.rename(columns={"val_fg_iou": "val fg IoU (%)"})
     if "baseline" in table:
         table["baseline"] = table.baseline.fillna("")
+    supernet = study.user_attrs.get("fidelity_mode") == "supernet"
     lines = [
         f"# Study `{study.study_name}`",
         "",
@@ -198,6 +199,12 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFram
         f"Trials: {len(frame)} ({', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))}); "
         f"{int(frame.infeasible.sum())} over budget (not trained), {int(frame.duplicate_of.notna().sum())} duplicates (not trained again), "
         f"{int((frame.state == 'COMPLETE').sum() - frame.full_fidelity.sum())} stopped at a lower rung.",
+        *([
+            "",
+            "Fidelity: **supernet**. Every trial was scored with the weights of the study's weight-sharing supernet and batch "
+            "norm recalibrated on training images, untrained (epochs 0): these figures rank networks; train the chosen ones "
+            "stand-alone (export, then lightseg-nas train) before comparing them with anything else.",
+        ] if supernet else []),
         "",
         *([
             "**No trial has completed yet** (all over budget, failed or still running): there is nothing to plot. "
@@ -208,7 +215,7 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFram
         "",
         table.to_markdown(index=False) if len(table) else "(no full-fidelity trial yet)",
         "",
-        "## Published networks (trained with this study's protocol)",
+        f"## Published networks ({'scored with the supernet' if supernet else 'trained with this study' + chr(39) + 's protocol'})",
         "",
         baselines.to_markdown(index=False) if len(baselines) else "(none in this study)",
         "",

@@ -63,7 +63,12 @@ def open_study(study_file: StudyFile, storage: str | None = None, study_name: st
         study.set_user_attr("num_classes", study_file.study.num_classes)
         study.set_user_attr("objectives", study_file.objective_names)
         study.set_user_attr("study_file", str(study_file.path) if study_file.path else None)
-        study.set_user_attr("rungs", [r.model_dump() for r in study_file.fidelity.rungs])
+        if study_file.fidelity.mode == "supernet":
+            # one pseudo-rung: scored at the supernet's size after no training of its own
+            study.set_user_attr("rungs", [{"size": study_file.supernet.size, "epochs": 0}])
+        else:
+            study.set_user_attr("rungs", [r.model_dump() for r in study_file.fidelity.rungs])
+        study.set_user_attr("fidelity_mode", study_file.fidelity.mode)
         _enqueue_baselines(study, study_file)
     return study
 
@@ -102,6 +107,10 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     target = n_trials or study_file.study.n_trials
     timeout = timeout or study_file.study.timeout_s
+    if study_file.fidelity.mode == "supernet":
+        from lightseg_nas.search.supernet_fidelity import ensure_supernet
+
+        ensure_supernet(study_file, progress)
     with sqlite_lock(study_file.storage_url(storage)):
         return _run(study_file, target, timeout, storage, study_name, progress, worker, cpu_budget_s)
 
@@ -195,6 +204,10 @@ def run_workers(
     if url == "memory" or sqlite_path(url) is not None:
         raise FieldError(("workers", "storage"), "{0} needs a storage that several processes can share: use {1} postgresql://USER@HOST/DB")
     target = n_trials or study_file.study.n_trials
+    if study_file.fidelity.mode == "supernet":
+        from lightseg_nas.search.supernet_fidelity import ensure_supernet
+
+        ensure_supernet(study_file, progress)  # trained once, before the workers start
     study = open_study(study_file, storage, study_name)  # created once, before the workers race to create it
     from lightseg_nas.checks import usable_cores
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from lightseg_nas.checks import InputSize, Seed, reject_bools
 from lightseg_nas.cost import LATENCY_BACKENDS
 from lightseg_nas.errors import UserError
-from lightseg_nas.settings import Epochs, LossSettings, OptimizerSettings, SpeedSettings, SplitSettings
+from lightseg_nas.settings import Epochs, LossSettings, OptimizerSettings, SpeedSettings, SplitSettings, SupernetRecipe, SupernetSettings, bool_fields
 
 # Cost objective -> the trial attribute that holds it (latency is kept as a ratio).
 COST_ATTRS = {"params": "params", "macs": "macs", "latency": "latency_ratio"}
@@ -101,12 +101,23 @@ class Rung(_Section):
 
 
 class FidelitySection(_Section):
+    # rungs: each candidate is trained (below); supernet: each candidate is scored with the
+    # weights of the study's supernet ([supernet]) and recalibrated batch norm, untrained.
+    mode: Literal["rungs", "supernet"] = "rungs"
     # Rungs in order; a candidate trains rung by rung (continuing its weights) while it is
     # promoted. With enabled = false every candidate trains through every rung.
     rungs: tuple[Rung, ...] = Field(default=(Rung(size=128, epochs=3),), min_length=1)
     enabled: bool = True
     # Successive halving: about 1 / reduction_factor of the candidates at a rung go on.
     reduction_factor: int = _Count(3, 2, 1000)
+
+
+class SupernetSection(_Section, SupernetRecipe):
+    """The supernet of [fidelity] mode = "supernet": its file (relative to the study file;
+    default STEM-supernet/supernet.pt beside it) and, when that does not exist yet, the
+    recipe that trains it first, on the study's data and its training split only."""
+
+    file: Optional[str] = None
 
 
 class TrainingSection(_Section, OptimizerSettings, LossSettings, SpeedSettings):
@@ -152,6 +163,7 @@ class StudyFile(_Section):
     cost: CostSection = CostSection()
     fidelity: FidelitySection = FidelitySection()
     training: TrainingSection = TrainingSection()
+    supernet: SupernetSection = SupernetSection()
     proxies: ProxiesSection = ProxiesSection()
     baselines: BaselinesSection = BaselinesSection()
     # Where the file was read from (not part of the TOML).
@@ -176,6 +188,18 @@ class StudyFile(_Section):
         if spec.startswith("eg1800:") and not Path(spec[7:]).expanduser().is_absolute():
             return f"eg1800:{(self.folder / spec[7:]).resolve()}"
         return spec
+
+    def supernet_path(self) -> Path:
+        if self.supernet.file is None:
+            stem = self.path.stem if self.path else self.study.name
+            return self.folder / f"{stem}-supernet" / "supernet.pt"
+        path = Path(self.supernet.file).expanduser()
+        return path if path.is_absolute() else (self.folder / path).resolve()
+
+    def supernet_settings(self) -> SupernetSettings:
+        """The [supernet] recipe on the study's own validation split."""
+        recipe = self.supernet.model_dump(exclude={"file"})
+        return SupernetSettings(**recipe, val_fraction=self.data.val_fraction, val_seed=self.data.val_seed)
 
     @property
     def objective_names(self) -> list[str]:
@@ -204,7 +228,7 @@ def load_study_file(path: str | Path) -> StudyFile:
         raise UserError(f"{path}: not valid TOML ({str(error).splitlines()[0]})") from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a study file") from None
-    reject_bools(data, {"enabled", "augment"}, f"{path}: ")
+    reject_bools(data, bool_fields(StudyFile), f"{path}: ")
     try:
         study = StudyFile.model_validate({**data, "path": path.resolve()})
     except ValidationError as error:
@@ -216,6 +240,11 @@ def load_study_file(path: str | Path) -> StudyFile:
             get_preset(name)
             if name not in search_spaces.space_presets(study.study.space):
                 raise UserError(f"{path}: baselines.presets: {name!r} is not a point of space {study.study.space!r}")
+    if study.fidelity.mode == "supernet":
+        try:
+            search_spaces.supernet_space(study.study.space)
+        except UserError as error:
+            raise UserError(f"{path}: fidelity.mode: {error}") from None
     _check_budgets_reachable(path, study)
     from lightseg_nas.data import parse_spec
     from lightseg_nas.train import resolve_device

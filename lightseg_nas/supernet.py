@@ -1,0 +1,218 @@
+"""Weight-sharing supernets: train one network whose sub-networks are a space's points, then
+score any sub-network in seconds with inherited weights and recalibrated batch norm.
+
+* ``train_supernet``: the sandwich rule (each step trains the largest, the smallest and a few
+  random sub-networks of the space, the others also distilled from the largest), a
+  checkpoint every epoch and an exact resume, like the trainer. The result is one file,
+  ``OUT/supernet.pt`` (format ``lightseg-nas-supernet``): space, classes, weights, settings,
+  history.
+* ``load_supernet``, ``subnet`` (a standalone network with the supernet's weights, which
+  trains, prunes and exports like any other), ``recalibrate`` (batch-norm statistics of a
+  sub-network from a fixed set of training images) and ``score`` (both, then validation).
+
+The family that defines the blocks defines the elastic modules
+(``lightseg_nas/families/c3net_supernet.py``); a space says which supernet holds it
+(``search_spaces.SUPERNET_SPACES``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import search_spaces
+from lightseg_nas.checks import check_finite_state, check_output_dir, folder_lock, load_state_file
+from lightseg_nas.data import SegmentationData, load_split
+from lightseg_nas.data.transforms import get_preprocessing, normalize
+from lightseg_nas.distill import pixel_kd, two_class_logits
+from lightseg_nas.errors import FieldError, UserError, stop_requested
+from lightseg_nas.losses import segmentation_loss
+from lightseg_nas.metrics import evaluate
+from lightseg_nas.modelfile import code_version, save_record
+from lightseg_nas.settings import SupernetSettings
+from lightseg_nas.train import _epoch_generator, _lr_factor, prepare_batch
+
+__all__ = ["FORMAT", "train_supernet", "load_supernet", "subnet", "recalibrate", "score", "build_supernet"]
+
+FORMAT = "lightseg-nas-supernet"
+FORMAT_VERSION = 1
+
+
+def build_supernet(space: str, num_classes: int) -> nn.Module:
+    return search_spaces.supernet_space(space).supernet(num_classes)
+
+
+def _sandwich(space: str, num_classes: int, generator: torch.Generator, count: int) -> list:
+    """Largest, smallest and ``count`` random sub-networks, reproducible from the generator."""
+    module = search_spaces.supernet_space(space)
+    seeds = torch.randint(0, 2**31 - 1, (count,), generator=generator).tolist()
+    return [module.largest(num_classes), module.smallest(num_classes)] + [search_spaces.sample(space, seed, num_classes) for seed in seeds]
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, images: torch.Tensor, preprocessing: dict, batch_size: int = 32) -> nn.Module:
+    """Set every batch norm's statistics to their average over ``images`` (cached, not
+    augmented), then leave the model in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    for start in range(0, len(images), batch_size):
+        model(normalize(images[start : start + batch_size], preprocessing))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    return model.eval()
+
+
+def subnet(supernet: nn.Module, config) -> nn.Module:
+    """The sub-network ``config`` as a standalone network (build_model's) with inherited weights."""
+    try:
+        return supernet.subnet(config)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def score(supernet: nn.Module, config, recalibration: SegmentationData, val: SegmentationData, preprocessing: dict) -> dict:
+    """Validation metrics of a sub-network with inherited weights and recalibrated batch norm."""
+    network = subnet(supernet, config)
+    recalibrate(network, recalibration.images, preprocessing)
+    return evaluate(network, val, preprocessing)
+
+
+def _first(data: SegmentationData, count: int) -> SegmentationData:
+    return SegmentationData(data.images[:count], data.masks[:count], data.names[:count], data.description, data.synthetic)
+
+
+def train_supernet(
+    space: str, num_classes: int, data_spec: str, out_dir: Path, settings: SupernetSettings, resume: bool = False, progress: bool = True
+) -> dict:
+    """Train the space's supernet on the training split; write OUT/supernet.pt; return its record."""
+    search_spaces.supernet_space(space)
+    if num_classes not in (1, 2):
+        raise FieldError("classes", f"{{0}} must be 1 or 2, got {num_classes}")
+    out_dir = check_output_dir(Path(out_dir))
+    final, checkpoint = out_dir / "supernet.pt", out_dir / "checkpoint.pt"
+    if final.exists() and not checkpoint.exists():
+        raise FieldError("out", f"{out_dir}: already holds a finished supernet.pt; choose another {{0}}")
+    if checkpoint.exists() and not resume:
+        raise FieldError(("resume", "out"), f"{out_dir}: holds an unfinished run; pass {{0}} to continue it or choose another {{1}}")
+    if resume and not checkpoint.exists():
+        raise FieldError("resume", f"{out_dir}: nothing to resume (no checkpoint.pt); leave out {{0}} to start a new run")
+    state = load_state_file(checkpoint, "checkpoint") if resume else None
+    if state is not None and state.get("settings") != settings.model_dump() | {"space": space, "num_classes": num_classes}:
+        raise UserError(f"{checkpoint}: was started with other settings; choose another --out or the same options")
+    preprocessing = get_preprocessing("default")
+    train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
+    val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
+    with folder_lock(out_dir, "supernet training"):
+        return _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preprocessing, train_data, val_data, state, progress)
+
+
+def _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preprocessing, train_data, val_data, state, progress) -> dict:
+    torch.manual_seed(settings.seed)
+    supernet = build_supernet(space, num_classes)
+    optimizer = torch.optim.Adam(supernet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = -(-len(train_data) // settings.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(settings, step, steps_per_epoch))
+    history, start_epoch = [], 0
+    tagged = settings.model_dump() | {"space": space, "num_classes": num_classes}
+    if state is not None:
+        supernet.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start_epoch = state["history"], len(state["history"])
+    module = search_spaces.supernet_space(space)
+    ends = {"largest": module.largest(num_classes), "smallest": module.smallest(num_classes)}
+    recalibration = _first(train_data, settings.recalibration_images)
+    step = start_epoch * steps_per_epoch
+    epochs = tqdm(range(start_epoch, settings.epochs), desc=f"supernet {space}", unit="epoch", disable=None if progress else True, initial=start_epoch, total=settings.epochs)
+    for epoch in epochs:
+        generator = _epoch_generator(settings.seed, epoch)
+        order = torch.randperm(len(train_data), generator=generator)
+        started, total_loss, batches = time.perf_counter(), 0.0, 0
+        supernet.train()
+        for first in range(0, len(order), settings.batch_size):
+            if settings.max_steps is not None and step >= settings.max_steps:
+                break
+            stop_requested()
+            x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, "cpu")
+            optimizer.zero_grad(set_to_none=True)
+            teacher, step_loss = None, 0.0
+            for config in _sandwich(space, num_classes, generator, settings.random_subnets):
+                logits = supernet(x, config)
+                loss = segmentation_loss(logits, masks, settings.loss)
+                if teacher is None:
+                    teacher = two_class_logits(logits.detach())
+                elif settings.kd_weight > 0:
+                    loss = loss + settings.kd_weight * pixel_kd(two_class_logits(logits), teacher, settings.kd_temperature)
+                if not torch.isfinite(loss):
+                    raise UserError(f"supernet training diverged: loss {loss.item()} at epoch {epoch + 1}, step {step}; try a lower --lr")
+                loss.backward()
+                step_loss += loss.item()
+            optimizer.step()
+            scheduler.step()
+            total_loss += step_loss
+            batches += 1
+            step += 1
+        if batches == 0:
+            break
+        row = {"epoch": epoch + 1, "loss": total_loss / batches, "seconds": time.perf_counter() - started}
+        for name, config in ends.items():
+            metrics = score(supernet, config, recalibration, val_data, preprocessing)
+            row.update({f"val_{name}_{k}": v for k, v in metrics.items()})
+        history.append(row)
+        epochs.set_postfix(loss=f"{row['loss']:.3f}", largest=f"{100 * row['val_largest_fg_iou']:.1f}", smallest=f"{100 * row['val_smallest_fg_iou']:.1f}")
+        save_record({"model": supernet.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history, "settings": tagged}, checkpoint)
+    check_finite_state(supernet.state_dict(), "the trained supernet")
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "space": space,
+        "num_classes": num_classes,
+        "state_dict": supernet.state_dict(),
+        "preprocessing": preprocessing,
+        "settings": settings.model_dump(),
+        "seed": settings.seed,
+        "data": {"spec": data_spec, "train": train_data.description, "val": val_data.description, "synthetic": train_data.synthetic},
+        "history": history,
+        "metrics": {k: v for k, v in (history[-1].items() if history else {}) if k.startswith("val_")} | {"val_size": settings.size},
+        "train_seconds": sum(row["seconds"] for row in history),
+        "code_version": code_version(),
+    }
+    save_record(record, out_dir / "supernet.pt")
+    checkpoint.unlink(missing_ok=True)
+    return record
+
+
+def load_supernet(path: str | Path) -> tuple[nn.Module, dict]:
+    """(supernet in eval mode, its record) from OUT/supernet.pt, or one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such supernet file")
+    record = load_state_file(path, "supernet file", hint="")
+    if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: not a supernet file of this version (format {record.get('format')!r} {record.get('format_version')!r})")
+    supernet = build_supernet(record.get("space"), record.get("num_classes"))
+    check_finite_state(record["state_dict"], str(path))
+    try:
+        supernet.load_state_dict(record["state_dict"], strict=True)
+    except (RuntimeError, KeyError) as error:
+        raise UserError(f"{path}: its weights do not fit the {record.get('space')!r} supernet ({str(error).splitlines()[0][:150]})") from None
+    return supernet.eval(), record
+
+
+def recalibration_split(record: dict, data_spec: Optional[str] = None) -> tuple[SegmentationData, SegmentationData]:
+    """(recalibration images, validation split) at the supernet's training size, from the
+    supernet's own data unless ``data_spec`` says otherwise."""
+    settings = SupernetSettings(**record["settings"])
+    spec = data_spec or record["data"]["spec"]
+    train = load_split(spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress=False)
+    val = load_split(spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress=False)
+    return _first(train, settings.recalibration_images), val

@@ -1,0 +1,170 @@
+"""Weight-sharing supernet (lightseg_nas/supernet.py, families/c3net_supernet.py): every
+network of the extremec3 space is a sub-network computed exactly as its standalone twin;
+supernet training resumes exactly; a study can score its trials with a supernet."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import search_spaces
+from lightseg_nas.cli import app
+from lightseg_nas.errors import UserError
+from lightseg_nas.families import build_model
+from lightseg_nas.families.blocks import C3Block
+from lightseg_nas.presets import get_preset
+from lightseg_nas.settings import SupernetSettings
+from lightseg_nas.supernet import build_supernet, load_supernet, recalibrate, subnet, train_supernet
+from tests.test_search import TINY
+
+runner = CliRunner()
+SPACE = search_spaces.supernet_space("extremec3")
+SETTINGS = dict(size=32, batch_size=4, recalibration_images=8, random_subnets=1)
+
+
+def _randomised(supernet):
+    """Batch-norm statistics and PReLU slopes away from their defaults, so that a copy that
+    took the wrong channels shows."""
+    generator = torch.Generator().manual_seed(0)
+    for module in supernet.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            for name, low, high in (("running_mean", -0.5, 0.5), ("running_var", 0.5, 2.0), ("weight", 0.5, 1.5), ("bias", -0.2, 0.2)):
+                tensor = getattr(module, name)
+                tensor.data.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+        if isinstance(module, torch.nn.PReLU):
+            module.weight.data.copy_(torch.rand(module.weight.shape, generator=generator) * 0.5)
+    return supernet
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    torch.manual_seed(0)
+    return _randomised(build_supernet("extremec3", 1))
+
+
+CONFIGS = {"extremec3net": lambda: get_preset("extremec3net"), "largest": lambda: SPACE.largest(1), "smallest": lambda: SPACE.smallest(1)}
+CONFIGS.update({f"sample{seed}": (lambda seed=seed: search_spaces.sample("extremec3", seed)) for seed in range(6)})
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_subnetwork_is_its_standalone_twin_exactly(supernet, name):
+    config = CONFIGS[name]()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    supernet.eval()
+    twin = subnet(supernet, config).eval()
+    with torch.no_grad():
+        assert torch.equal(supernet(x, config), twin(x))
+    # and it is what build_model(config) builds: the weights load strictly
+    build_model(config).load_state_dict(twin.state_dict(), strict=True)
+
+
+def test_in_training_mode_too(supernet):
+    config = search_spaces.sample("extremec3", 11)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    supernet.train()
+    twin = subnet(supernet, config).train()
+    with torch.no_grad():
+        assert torch.allclose(supernet(x, config), twin(x), atol=1e-5)
+    supernet.eval()
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        (lambda c: get_preset("sinet"), "not c3net"),
+        (lambda c: c.model_copy(update={"stem_width": 44}), "wider"),
+        (lambda c: c.model_copy(update={"num_classes": 2}), "classes"),
+        (lambda c: c.model_copy(update={"fine_block": C3Block(dilation_rates=(9,))}), "dilation rate"),
+        (lambda c: c.model_copy(update={"fine_block": C3Block(dilation_rates=(1, 2), reduced_width=3)}), "pruned"),
+    ],
+)
+def test_networks_outside_the_supernet_are_refused_with_the_reason(supernet, change, reason):
+    with pytest.raises(UserError, match=reason):
+        subnet(supernet, change(get_preset("extremec3net")))
+
+
+def test_recalibration_sets_batch_norm_statistics_from_the_images(supernet):
+    twin = subnet(supernet, get_preset("extremec3net"))
+    images = (torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+    from lightseg_nas.data.transforms import get_preprocessing
+
+    preprocessing = get_preprocessing("default")
+    first = {k: v.clone() for k, v in recalibrate(twin, images, preprocessing).state_dict().items() if "running" in k}
+    again = {k: v.clone() for k, v in recalibrate(twin, images, preprocessing).state_dict().items() if "running" in k}
+    assert not twin.training and all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.allclose(first["stem.bn.running_mean"], torch.zeros_like(first["stem.bn.running_mean"]))
+
+
+def test_training_resumes_exactly_and_writes_a_supernet_file(tmp_path, monkeypatch):
+    import lightseg_nas.supernet as module
+
+    settings = SupernetSettings(epochs=2, max_steps=4, **SETTINGS)
+    whole = train_supernet("extremec3", 1, "synthetic:count=8", tmp_path / "whole", settings, progress=False)
+    real_score, calls = module.score, []
+
+    def stop_in_epoch_two(*args):
+        calls.append(1)
+        if len(calls) == 3:  # the first score of epoch 2, before its checkpoint
+            raise KeyboardInterrupt
+        return real_score(*args)
+
+    monkeypatch.setattr(module, "score", stop_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet("extremec3", 1, "synthetic:count=8", tmp_path / "split", settings, progress=False)
+    monkeypatch.setattr(module, "score", real_score)
+    assert (tmp_path / "split" / "checkpoint.pt").exists() and not (tmp_path / "split" / "supernet.pt").exists()
+    resumed = train_supernet("extremec3", 1, "synthetic:count=8", tmp_path / "split", settings, resume=True, progress=False)
+    assert all(torch.equal(whole["state_dict"][k], resumed["state_dict"][k]) for k in whole["state_dict"])
+    loaded, record = load_supernet(tmp_path / "split" / "supernet.pt")
+    assert record["space"] == "extremec3" and len(record["history"]) == 2 and "val_largest_fg_iou" in record["history"][-1]
+    with pytest.raises(UserError, match="not a supernet file"):
+        model_file = tmp_path / "model.pt"
+        torch.save({"format": "lightseg-nas-model"}, model_file)
+        load_supernet(model_file)
+
+
+SUPERNET_STUDY = TINY.replace("{space}", "extremec3").replace("{minimize}", '["params"]').replace("{budgets}", "").replace("{study_extra}", "")
+SUPERNET_STUDY = SUPERNET_STUDY.replace("{fidelity}", "true").replace("{proxies}", "[]").replace("{rungs}", "[{ size = 32, epochs = 1 }]")
+SUPERNET_STUDY = SUPERNET_STUDY.replace("[fidelity]\n", '[fidelity]\nmode = "supernet"\n').replace("{{", "{").replace("}}", "}")
+SUPERNET_STUDY += "\n[supernet]\nepochs = 1\nsize = 32\nbatch_size = 4\nrandom_subnets = 1\nrecalibration_images = 8\n"
+
+
+def test_a_study_scores_its_trials_with_the_supernet_it_trains_first(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(SUPERNET_STUDY)
+    result = runner.invoke(app, ["search", str(path), "--n-trials", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    trained = tmp_path / "tiny-supernet" / "supernet.pt"
+    stamp = trained.stat().st_mtime_ns
+    import pandas as pd
+
+    trials = pd.read_csv(tmp_path / "tiny-report" / "trials.csv")
+    assert set(trials.outcome) <= {"scored", "duplicate"} and (trials.epochs == 0).all() and trials.val_fg_iou.notna().all()
+    assert "Fidelity: **supernet**" in (tmp_path / "tiny-report" / "summary.md").read_text()
+    result = runner.invoke(app, ["search", str(path), "--n-trials", "6", "--no-progress", "--no-report"])
+    assert result.exit_code == 0 and trained.stat().st_mtime_ns == stamp  # the supernet is reused, not retrained
+    # a supernet trained on another validation split may have seen this study's validation images
+    path.write_text(SUPERNET_STUDY.replace('spec = "synthetic:count=12"', 'spec = "synthetic:count=12"\nval_seed = 5'))
+    result = runner.invoke(app, ["search", str(path), "--study-name", "other", "--no-progress"])
+    assert result.exit_code == 2 and "not this study's supernet" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_space_without_a_supernet_is_refused_at_once(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(SUPERNET_STUDY.replace('space = "extremec3"', 'space = "sinet"'))
+    result = runner.invoke(app, ["search", str(path), "--no-progress"])
+    assert result.exit_code == 2 and "has no supernet yet" in result.stderr
+    assert not (tmp_path / "tiny-supernet").exists() and not (tmp_path / "tiny.db").exists()
+
+
+def test_the_supernet_command(tmp_path):
+    args = ["supernet", "--space", "extremec3", "--data", "synthetic:count=8", "--out", str(tmp_path / "s"), "--epochs", "1", "--size", "32", "--batch-size", "4", "--max-steps", "1", "--recalibration-images", "4", "--no-progress", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["space"] == "extremec3" and 0 <= summary["val_largest_fg_iou"] <= 1
+    result = runner.invoke(app, [*args[:2], "sinet", *args[3:]])
+    assert result.exit_code == 2 and "has no supernet yet" in result.stderr
