@@ -28,11 +28,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lightseg_nas.compress import compress_to_file, format_row, settings_from as compress_settings
+from lightseg_nas.compress import compress_to_file, format_row
+from lightseg_nas.compress import settings_from as compress_settings
+from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.cost import count_params
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.modelfile import load_record
-from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.presets import get_preset
 from lightseg_nas.train import settings_from, train_to_file
 

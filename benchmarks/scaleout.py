@@ -32,8 +32,8 @@ OUT = Path(__file__).parent / "results"
 
 def storage_overhead_ms(study_path: Path, storage: str, trials: int) -> float:
     """Milliseconds per trial of a search whose trials do everything but train."""
-    from lightseg_nas.search import load_study_file, run_search
     import lightseg_nas.search.objective as objective
+    from lightseg_nas.search import load_study_file, run_search
 
     real_fit = objective.fit
     objective.fit = lambda *args, **kwargs: [{"val_fg_iou": 0.5}]

@@ -26,7 +26,7 @@ from lightseg_nas.errors import FieldError, UserError
 from lightseg_nas.families import build_model
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import atomic_write_text, load_model_file, make_record, save_record
-from lightseg_nas.settings import CompressSettings, SpeedSettings, SplitSettings, StepSettings, TrainSettings, parse_options
+from lightseg_nas.settings import CompressSettings, SpeedSettings, SplitSettings, StepSettings, TrainSettings, changed_settings, parse_options
 from lightseg_nas.speed import SPEED_FIELDS
 from lightseg_nas.train import fit, resolve_device
 
@@ -145,7 +145,7 @@ def compress_to_file(
         if state.get("source") != record["arch_id"]:
             raise UserError(f"{partial}: was written for another model; resume with the same MODEL")
         stored = state.get("settings") if isinstance(state.get("settings"), dict) else {}
-        differ = [f"{k} {stored.get(k)!r} (now {v!r})" for k, v in settings.model_dump().items() if k not in SPEED_FIELDS and stored.get(k) != v]
+        differ = changed_settings(stored, settings, ignore=SPEED_FIELDS)
         if differ:
             raise UserError(f"{partial}: was written with other settings: {', '.join(differ)}; resume with the same ones")
         try:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticUndefined
 
 from lightseg_nas.errors import FieldError
 
 __all__ = [
     "INPUT_MULTIPLE", "MAX_SIZE", "SEED_MAX", "COMPILE_AUTO_STEPS", "Seed", "InputSize", "Epochs", "Settings", "StepSettings",
     "OptimizerSettings", "LossSettings", "SplitSettings", "SpeedSettings", "DistillSettings", "TrainSettings", "CompressSettings", "SupernetRecipe", "SupernetSettings",
-    "default_text", "parse_options", "bool_fields", "RECIPES", "LOSSES",
+    "default_text", "parse_options", "bool_fields", "changed_settings", "RECIPES", "LOSSES",
 ]
 
 INPUT_MULTIPLE = 32  # the networks down-sample by 8 and pool by up to 4 more
@@ -187,6 +188,21 @@ def bool_fields(model: type[BaseModel]) -> set[str]:
 
     visit(model, None)
     return found
+
+
+def changed_settings(stored: dict, current: BaseModel, ignore=()) -> list[str]:
+    """The settings of ``current`` that differ from those a checkpoint stored, as
+    'name stored (now current)'. A setting the checkpoint lacks was added after it was
+    written: that version behaved as its default, so the default is what it stored."""
+    changed = []
+    for name, value in current.model_dump().items():
+        if name in ignore:
+            continue
+        field = type(current).model_fields[name]
+        before = stored.get(name, field.default) if field.default is not PydanticUndefined else stored.get(name)
+        if before != value:
+            changed.append(f"{name} {before!r} (now {value!r})")
+    return changed
 
 
 def default_text(settings: type[BaseModel], name: str) -> str:

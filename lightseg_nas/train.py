@@ -26,7 +26,7 @@ from lightseg_nas.families import build_model
 from lightseg_nas.losses import segmentation_loss
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import make_record, save_record
-from lightseg_nas.settings import RECIPES, TrainSettings, parse_options
+from lightseg_nas.settings import RECIPES, TrainSettings, changed_settings, parse_options
 from lightseg_nas.speed import SPEED_FIELDS, compiled, place_input, place_model, use_compile
 
 __all__ = ["TrainSettings", "settings_from", "fit", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]
@@ -209,8 +209,7 @@ def images_per_s(history: list[dict]) -> Optional[float]:
 def _check_same_settings(path: Path, stored, settings: TrainSettings) -> None:
     if not isinstance(stored, dict):
         raise UserError(f"{path}: a damaged checkpoint (no settings); delete it to start again")
-    current = settings.model_dump()
-    differ = [f"{key} {stored.get(key)!r} (now {current[key]!r})" for key in current if key not in SPEED_FIELDS and stored.get(key) != current[key]]
+    differ = changed_settings(stored, settings, ignore=SPEED_FIELDS)
     if differ:
         raise UserError(f"{path}: was written with other training settings: {', '.join(differ)}; resume with the same ones")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import optuna
 
-from lightseg_nas.families.c3net import C3NetConfig, C3Stage
 from lightseg_nas.families.blocks import C3Block
+from lightseg_nas.families.c3net import C3NetConfig, C3Stage
 from search_spaces._blocks import DILATION_RATES, MAX_C3_BRANCHES, encode_c3, sample_c3
 
 # name: (low, high, step); ExtremeC3Net is stem 24, widths 48/56, depths 1/5, decoder 24.

@@ -1,7 +1,6 @@
 """Hostile cases that need a run to show: a server that never answers, crashes and signals,
 diverging training, concurrent runs, reports of failed studies, odd images, first use."""
 
-import os
 import re
 import signal
 import socket

@@ -279,3 +279,29 @@ def test_compiling_is_automatic_for_long_runs_only(monkeypatch):
     assert not speed.use_compile(None, 10**6)
     with pytest.raises(UserError, match="C\\+\\+ compiler"):
         speed.use_compile(True, 1)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_and_a_changed_one_is_refused(tmp_path):
+    """A setting added to the trainer after a checkpoint was written (the loss, the recipe)
+    counts as its default there; a setting that really changed is still refused."""
+    out = tmp_path / "run"
+    base = ["train", "--preset", "sinet", "--data", "synthetic:count=8", "--out", str(out), "--size", "64", "--batch-size", "8", "--epochs", "2", "--no-progress"]
+    settings = settings_from(epochs=2, size=64, batch_size=8)
+    from lightseg_nas.presets import get_preset
+
+    model = build_model(get_preset("sinet"))
+    data = load_split("synthetic:count=8", "train", 64), load_split("synthetic:count=8", "val", 64)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, *data, settings, get_preprocessing("default"), checkpoint=out / "checkpoint.pt", progress=False, on_epoch=stop)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    for newer in ("loss", "recipe"):
+        del state["settings"][newer]
+    torch.save(state, out / "checkpoint.pt")
+    refused = runner.invoke(app, [*base, "--resume", "--loss", "lovasz"])
+    assert refused.exit_code == 2 and "loss 'ce' (now 'lovasz')" in refused.stderr
+    resumed = runner.invoke(app, [*base, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
