@@ -71,3 +71,22 @@ def test_a_recipe_gives_defaults_that_options_override_and_is_recorded():
     assert settings_from().recipe is None
     with pytest.raises(FieldError, match="recipe 'nope' is unknown"):
         settings_from(recipe="nope")
+
+
+def test_every_boolean_setting_of_a_study_file_takes_true_and_false(tmp_path):
+    from lightseg_nas.search import load_study_file
+    from lightseg_nas.search.study_file import StudyFile
+    from lightseg_nas.settings import bool_fields
+    from tests.test_search import write_study
+
+    sections = {"channels_last": "training", "compile": "training", "augment": "training", "enabled": "fidelity"}
+    assert bool_fields(StudyFile) == set(sections)
+    for value in ("true", "false"):
+        path = write_study(tmp_path, fidelity=value)
+        text = path.read_text().replace("[training]\n", f"[training]\nchannels_last = {value}\ncompile = {value}\naugment = {value}\n")
+        path.write_text(text)
+        study = load_study_file(path)
+        assert study.training.channels_last is study.training.compile is study.training.augment is study.fidelity.enabled is (value == "true")
+    path.write_text(text.replace("batch_size = 8", "batch_size = true"))
+    with pytest.raises(UserError, match="training.batch_size: expected a number"):
+        load_study_file(path)
