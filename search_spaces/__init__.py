@@ -26,7 +26,7 @@ SPACES: dict[str, tuple[Callable, Callable, tuple[str, ...]]] = {
 
 
 # spaces with a weight-sharing supernet: name -> module with largest(), smallest(), supernet()
-SUPERNET_SPACES = {"extremec3": extremec3}
+SUPERNET_SPACES = {"extremec3": extremec3, "sinet": sinet, "hybrid": hybrid}
 
 
 def supernet_space(name: str):

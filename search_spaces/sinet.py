@@ -10,8 +10,9 @@ from typing import Callable
 
 import optuna
 
+from lightseg_nas.families.blocks import S2Block, S2Branch
 from lightseg_nas.families.sinet import SINetConfig, SINetStage
-from search_spaces._blocks import encode_s2, sample_s2
+from search_spaces._blocks import KERNEL_SIZES, POOL_SIZES, S2_BRANCH_COUNTS, encode_s2, sample_s2
 
 # name: (low, high, step); SINet is stem 12, downs 16/48, widths 48/96, depths 1/7.
 WIDTHS = {
@@ -64,3 +65,37 @@ def space(trial: optuna.Trial, num_classes: int = 2) -> SINetConfig:
 
 def encode(config: SINetConfig) -> dict:
     return encode_sinet(config, encode_s2)
+
+
+S2_LIMITS = {"branches": max(S2_BRANCH_COUNTS), "max_kernel": max(KERNEL_SIZES), "max_pool": max(POOL_SIZES)}
+
+
+def _largest_block():
+    return S2Block(branches=(S2Branch(kernel_size=max(KERNEL_SIZES), pool_size=1),) * max(S2_BRANCH_COUNTS))
+
+
+def largest(num_classes: int = 2) -> SINetConfig:
+    """Every width and depth at its maximum, every slot the largest S2 block, full squeeze-excite."""
+    from lightseg_nas.families.sinet_supernet import largest_of
+
+    downs = (WIDTHS["stage1.down"][1], WIDTHS["stage2.down"][1])
+    widths = (WIDTHS["stage1"][1], WIDTHS["stage2"][1])
+    depths = (DEPTHS["stage1"][1] + 1, DEPTHS["stage2"][1] + 1)
+    return largest_of(WIDTHS["stem"][1], downs, widths, depths, _largest_block(), num_classes)
+
+
+def smallest(num_classes: int = 2) -> SINetConfig:
+    """Every width at its minimum, one block of one 3 x 3 branch per stage, the smallest
+    squeeze-excite, no information blocking."""
+    block = S2Block(branches=(S2Branch(kernel_size=min(KERNEL_SIZES), pool_size=1),))
+    stages = tuple(
+        SINetStage(down_width=WIDTHS[f"{stage}.down"][0], se_divide=max(SE_DIVIDES), width=WIDTHS[stage][0], blocks=(block,)) for stage in ("stage1", "stage2")
+    )
+    return SINetConfig(num_classes=num_classes, stem_width=WIDTHS["stem"][0], stages=stages, information_blocking=False)
+
+
+def supernet(num_classes: int = 2):
+    """The weight-sharing supernet that holds every network of this space."""
+    from lightseg_nas.families.sinet_supernet import SINetSupernet
+
+    return SINetSupernet(largest(num_classes), c3=None, s2=S2_LIMITS)

@@ -45,6 +45,12 @@ def supernet():
     return _randomised(build_supernet("extremec3", 1))
 
 
+@pytest.fixture(scope="module")
+def sinet_supernets():
+    torch.manual_seed(0)
+    return {space: _randomised(build_supernet(space, 2)) for space in ("sinet", "hybrid")}
+
+
 CONFIGS = {"extremec3net": lambda: get_preset("extremec3net"), "largest": lambda: SPACE.largest(1), "smallest": lambda: SPACE.smallest(1)}
 CONFIGS.update({f"sample{seed}": (lambda seed=seed: search_spaces.sample("extremec3", seed)) for seed in range(6)})
 
@@ -59,6 +65,37 @@ def test_a_subnetwork_is_its_standalone_twin_exactly(supernet, name):
         assert torch.equal(supernet(x, config), twin(x))
     # and it is what build_model(config) builds: the weights load strictly
     build_model(config).load_state_dict(twin.state_dict(), strict=True)
+
+
+SINET_CONFIGS = {
+    "sinet/sinet": lambda: get_preset("sinet"),
+    **{f"{space}/{end}": (lambda space=space, end=end: getattr(search_spaces.supernet_space(space), end)(2)) for space in ("sinet", "hybrid") for end in ("largest", "smallest")},
+    **{f"{space}/sample{seed}": (lambda space=space, seed=seed: search_spaces.sample(space, seed, 2)) for space in ("sinet", "hybrid") for seed in range(4)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SINET_CONFIGS))
+def test_a_sinet_or_hybrid_subnetwork_is_its_standalone_twin_exactly(sinet_supernets, name):
+    supernet, config = sinet_supernets[name.split("/")[0]], SINET_CONFIGS[name]()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    supernet.eval()
+    twin = subnet(supernet, config).eval()
+    with torch.no_grad():
+        assert torch.equal(supernet(x, config), twin(x))
+    build_model(config).load_state_dict(twin.state_dict(), strict=True)
+
+
+def test_the_sinet_supernet_holds_no_c3_block_and_no_larger_kernel(sinet_supernets):
+    hybrid_sample = next(c for c in (search_spaces.sample("hybrid", seed, 2) for seed in range(50)) if any(isinstance(b, C3Block) for st in c.stages for b in st.blocks))
+    with pytest.raises(UserError, match="C3 block"):
+        subnet(sinet_supernets["sinet"], hybrid_sample)
+    subnet(sinet_supernets["hybrid"], hybrid_sample)
+    from lightseg_nas.families.blocks import S2Block, S2Branch
+
+    wide = get_preset("sinet")
+    stage = wide.stages[0].model_copy(update={"blocks": (S2Block(branches=(S2Branch(kernel_size=9, pool_size=1),) * 2),) * 2})
+    with pytest.raises(UserError, match="larger kernel"):
+        subnet(sinet_supernets["sinet"], wide.model_copy(update={"stages": (stage, wide.stages[1])}))
 
 
 def test_in_training_mode_too(supernet):
@@ -150,14 +187,16 @@ def test_a_study_scores_its_trials_with_the_supernet_it_trains_first(tmp_path):
     path.write_text(SUPERNET_STUDY.replace('spec = "synthetic:count=12"', 'spec = "synthetic:count=12"\nval_seed = 5'))
     result = runner.invoke(app, ["search", str(path), "--study-name", "other", "--no-progress"])
     assert result.exit_code == 2 and "not this study's supernet" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "other" not in [s.study_name for s in __import__("optuna").get_all_study_summaries(f"sqlite:///{tmp_path / 'tiny.db'}")]
 
 
-def test_a_space_without_a_supernet_is_refused_at_once(tmp_path):
+def test_a_supernet_file_that_is_not_one_is_refused_with_one_line(tmp_path):
     path = tmp_path / "tiny.toml"
-    path.write_text(SUPERNET_STUDY.replace('space = "extremec3"', 'space = "sinet"'))
+    (tmp_path / "fake.pt").write_bytes(b"not a supernet")
+    path.write_text(SUPERNET_STUDY + 'file = "fake.pt"\n')
     result = runner.invoke(app, ["search", str(path), "--no-progress"])
-    assert result.exit_code == 2 and "has no supernet yet" in result.stderr
-    assert not (tmp_path / "tiny-supernet").exists() and not (tmp_path / "tiny.db").exists()
+    assert result.exit_code == 2 and "fake.pt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "tiny-report").exists() and not (tmp_path / "tiny.db").exists()
 
 
 def test_the_supernet_command(tmp_path):
@@ -166,5 +205,5 @@ def test_the_supernet_command(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["space"] == "extremec3" and 0 <= summary["val_largest_fg_iou"] <= 1
-    result = runner.invoke(app, [*args[:2], "sinet", *args[3:]])
-    assert result.exit_code == 2 and "has no supernet yet" in result.stderr
+    result = runner.invoke(app, [*args[:2], "mobilenet", *args[3:]])
+    assert result.exit_code == 2 and "unknown search space 'mobilenet'" in result.stderr

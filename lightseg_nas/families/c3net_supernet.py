@@ -26,121 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightseg_nas.families.blocks import BN_EPS, BN_EPS_C3_BRANCH, C3Block, ImagePool, block_widths, upsample
+from lightseg_nas.families.blocks import BN_EPS_C3_BRANCH, C3Block, ImagePool, upsample
 from lightseg_nas.families.c3net import IMAGE_CHANNELS, C3Net, C3NetConfig, C3Stage
+from lightseg_nas.families.elastic_blocks import ElasticBR as _BR
+from lightseg_nas.families.elastic_blocks import ElasticC3Block as _Block
+from lightseg_nas.families.elastic_blocks import bn as _bn
+from lightseg_nas.families.elastic_blocks import copy_bn as _copy_bn
+from lightseg_nas.families.elastic_blocks import parts as _parts
 
 __all__ = ["C3NetSupernet"]
-
-
-def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, idx) -> torch.Tensor:
-    """BatchNorm over the channels ``idx`` of ``bn``: batch statistics while training (none
-    are kept), the stored ones in eval mode."""
-    if bn.training:
-        return F.batch_norm(x, None, None, bn.weight[idx], bn.bias[idx], True, 0.0, bn.eps)
-    return F.batch_norm(x, bn.running_mean[idx], bn.running_var[idx], bn.weight[idx], bn.bias[idx], False, 0.0, bn.eps)
-
-
-def _copy_bn(target: nn.BatchNorm2d, source: nn.BatchNorm2d, idx) -> None:
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(target, name).data.copy_(getattr(source, name).data[idx])
-
-
-def _parts(*parts: tuple[int, int]) -> torch.Tensor:
-    """Supernet channel indices of a concatenation: (offset, count) of each part."""
-    return torch.cat([torch.arange(offset, offset + count) for offset, count in parts])
-
-
-class _Branch(nn.Module):
-    def __init__(self, channels: int, width: int, max_rate: int):
-        super().__init__()
-        self.m = 2 * max_rate - 1
-        self.vertical = nn.Conv2d(channels, channels, (self.m, 1), groups=channels, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels, eps=BN_EPS_C3_BRANCH)
-        self.act = nn.PReLU(channels)
-        self.horizontal = nn.Conv2d(channels, channels, (1, self.m), groups=channels, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels, eps=BN_EPS_C3_BRANCH)
-        self.depthwise = nn.Conv2d(channels, channels, 3, groups=channels, bias=False)
-        self.pointwise = nn.Conv2d(channels, width, 1, bias=False)
-
-    def _crop(self, rate: int) -> tuple[torch.Tensor, torch.Tensor]:
-        m, start = 2 * rate - 1, (self.m - (2 * rate - 1)) // 2
-        return self.vertical.weight[:, :, start : start + m, :], self.horizontal.weight[:, :, :, start : start + m]
-
-    def forward(self, x: torch.Tensor, reduced: int, rate: int, rows: slice) -> torch.Tensor:
-        r = slice(0, reduced)
-        if rate > 1:
-            vertical, horizontal = self._crop(rate)
-            x = F.conv2d(x, vertical[r], padding=(rate - 1, 0), groups=reduced)
-            x = F.prelu(_bn(x, self.bn1, r), self.act.weight[r])
-            x = F.conv2d(x, horizontal[r], padding=(0, rate - 1), groups=reduced)
-            x = _bn(x, self.bn2, r)
-        x = F.conv2d(x, self.depthwise.weight[r], padding=rate, dilation=rate, groups=reduced)
-        return F.conv2d(x, self.pointwise.weight[rows, r])
-
-    def copy_into(self, branch: nn.Module, reduced: int, rate: int, rows: slice) -> None:
-        """Fill a standalone C3Branch (lightseg_nas.families.blocks) of this rate."""
-        r = slice(0, reduced)
-        layers = list(branch.layers)
-        if rate > 1:
-            vertical, horizontal = self._crop(rate)
-            layers[0].weight.data.copy_(vertical[r])
-            _copy_bn(layers[1], self.bn1, r)
-            layers[2].weight.data.copy_(self.act.weight[r])
-            layers[3].weight.data.copy_(horizontal[r])
-            _copy_bn(layers[4], self.bn2, r)
-        layers[-2].weight.data.copy_(self.depthwise.weight[r])
-        layers[-1].weight.data.copy_(self.pointwise.weight[rows, r])
-
-
-class _Block(nn.Module):
-    """A C3 block slot: reduce conv, up to ``max_branches`` branches, BR."""
-
-    def __init__(self, in_channels: int, width: int, max_branches: int, max_rate: int, stride: int = 1):
-        super().__init__()
-        self.stride = stride
-        kernel = 3 if stride == 2 else 1
-        self.reduce = nn.Conv2d(in_channels, width, kernel, stride, (kernel - 1) // 2, bias=False)
-        self.branches = nn.ModuleList(_Branch(width, width, max_rate) for _ in range(max_branches))
-        self.bn = nn.BatchNorm2d(width, eps=BN_EPS)
-        self.act = nn.PReLU(width)
-
-    def _plan(self, block: C3Block, width: int):
-        reduced, widths = block_widths(block, width)
-        offsets = [sum(widths[:i]) for i in range(len(widths))]
-        return reduced, [(rate, slice(offset, offset + w)) for rate, offset, w in zip(block.dilation_rates, offsets, widths)]
-
-    def forward(self, x: torch.Tensor, in_idx: torch.Tensor, block: C3Block, width: int, add: bool) -> torch.Tensor:
-        reduced, plan = self._plan(block, width)
-        y = F.conv2d(x, self.reduce.weight[:reduced][:, in_idx], stride=self.stride, padding=self.reduce.padding)
-        out = torch.cat([branch(y, reduced, rate, rows) for branch, (rate, rows) in zip(self.branches, plan)], 1)
-        if add:
-            out = out + x
-        w = slice(0, width)
-        return F.prelu(_bn(out, self.bn, w), self.act.weight[w])
-
-    def copy_into(self, module: nn.Module, in_idx: torch.Tensor, block: C3Block, width: int) -> None:
-        """Fill a standalone C3Module (lightseg_nas.families.blocks)."""
-        reduced, plan = self._plan(block, width)
-        module.reduce.weight.data.copy_(self.reduce.weight[:reduced][:, in_idx])
-        for branch, target, (rate, rows) in zip(self.branches, module.branches, plan):
-            branch.copy_into(target, reduced, rate, rows)
-        w = slice(0, width)
-        _copy_bn(module.norm.bn, self.bn, w)
-        module.norm.act.weight.data.copy_(self.act.weight[w])
-
-
-class _BR(nn.Module):
-    def __init__(self, channels: int, eps: float = BN_EPS):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(channels, eps=eps)
-        self.act = nn.PReLU(channels)
-
-    def forward(self, x, idx):
-        return F.prelu(_bn(x, self.bn, idx), self.act.weight[idx])
-
-    def copy_into(self, module: nn.Module, idx) -> None:
-        _copy_bn(module.bn, self.bn, idx)
-        module.act.weight.data.copy_(self.act.weight[idx])
 
 
 def fits(config: C3NetConfig, largest: C3NetConfig, max_rate: int) -> str | None:

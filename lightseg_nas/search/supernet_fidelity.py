@@ -14,21 +14,31 @@ __all__ = ["ensure_supernet", "open_supernet"]
 def ensure_supernet(study_file: StudyFile, progress: bool = True) -> None:
     from lightseg_nas.supernet import train_supernet
 
+    """Train the study's supernet if its file does not exist yet; then check it is the
+    study's (before the study's storage is touched)."""
     path = study_file.supernet_path()
-    if path.exists():
-        return
-    checkpoint = path.parent / "checkpoint.pt"
-    if path.name != "supernet.pt":
-        raise UserError(f"{path}: no such supernet file (a supernet the study trains itself is called supernet.pt)")
-    train_supernet(
-        study_file.study.space, study_file.study.num_classes, study_file.data_spec(), path.parent, study_file.supernet_settings(),
-        resume=checkpoint.exists(), progress=progress,
-    )
+    if not path.exists():
+        checkpoint = path.parent / "checkpoint.pt"
+        if path.name != "supernet.pt":
+            raise UserError(f"{path}: no such supernet file (a supernet the study trains itself is called supernet.pt)")
+        train_supernet(
+            study_file.study.space, study_file.study.num_classes, study_file.data_spec(), path.parent, study_file.supernet_settings(),
+            resume=checkpoint.exists(), progress=progress,
+        )
+    _checked(study_file)
 
 
 def open_supernet(study_file: StudyFile):
     """(supernet, recalibration images, validation split), checked against the study."""
-    from lightseg_nas.supernet import load_supernet, recalibration_split
+    from lightseg_nas.supernet import recalibration_split
+
+    supernet, record = _checked(study_file)
+    recalibration, val = recalibration_split(record, study_file.data_spec())
+    return supernet, recalibration, val
+
+
+def _checked(study_file: StudyFile):
+    from lightseg_nas.supernet import load_supernet
 
     path = study_file.supernet_path()
     supernet, record = load_supernet(path)
@@ -43,5 +53,4 @@ def open_supernet(study_file: StudyFile):
         problems.append("it was trained on other data or another validation split than the study's")
     if problems:
         raise UserError(f"{path}: not this study's supernet: {'; '.join(problems)}")
-    recalibration, val = recalibration_split(record, study_file.data_spec())
-    return supernet, recalibration, val
+    return supernet, record
