@@ -207,3 +207,22 @@ def test_the_supernet_command(tmp_path):
     assert summary["space"] == "extremec3" and 0 <= summary["val_largest_fg_iou"] <= 1
     result = runner.invoke(app, [*args[:2], "mobilenet", *args[3:]])
     assert result.exit_code == 2 and "unknown search space 'mobilenet'" in result.stderr
+
+
+def test_workers_sharing_a_study_score_with_the_supernet_trained_once(tmp_path, postgres_url):
+    import subprocess
+
+    from tests.test_scaleout import CLI, ENV
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(SUPERNET_STUDY)
+    result = subprocess.run([*CLI, "search", str(path), "--storage", postgres_url, "--study-name", "supernet-workers", "--workers", "2", "--n-trials", "6", "--no-progress", "--no-report"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import optuna
+
+    from lightseg_nas.search.record import TrialRecord
+
+    trials = optuna.load_study(study_name="supernet-workers", storage=postgres_url).trials
+    finished = [TrialRecord.of(t) for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 6 and {r.outcome for r in finished} <= {"scored", "duplicate"}
+    assert (tmp_path / "tiny-supernet" / "supernet.pt").exists()
