@@ -265,3 +265,15 @@ def test_exporting_a_trial_that_never_finished_is_refused(tmp_path):
     result = runner.invoke(app, ["export", str(path), "--trial", str(pruned), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "did not finish (pruned: over budget" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_study_names_the_recipe_its_chosen_networks_are_trained_with(tmp_path):
+    path = write_study(tmp_path, study_extra='final_recipe = "curve"')
+    study = run_search(load_study_file(path), n_trials=1, storage="memory", progress=False)
+    from lightseg_nas.search import write_report
+
+    write_report(study, tmp_path / "report")
+    assert "--recipe curve" in (tmp_path / "report" / "summary.md").read_text()
+    path = write_study(tmp_path, study_extra='final_recipe = "forever"')
+    with pytest.raises(UserError, match="final_recipe: 'forever' is unknown"):
+        load_study_file(path)

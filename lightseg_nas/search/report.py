@@ -223,6 +223,14 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFram
         "",
         correlations.to_markdown(index=False) if len(correlations) else "(no proxies computed, or fewer than 3 trained trials)",
         "",
+        *([
+            "## Training the chosen networks to the end",
+            "",
+            f"This study names the recipe `{study.user_attrs['final_recipe']}`: export a network (lightseg-nas export), then "
+            f"`lightseg-nas train ARCH_ID.json --recipe {study.user_attrs['final_recipe']} --data SPEC --out DIR`, and compare "
+            "only networks trained with it and the same seed.",
+            "",
+        ] if study.user_attrs.get("final_recipe") else []),
         "## Files",
         "",
         ", ".join(figures) + " (.html" + ("" if png_note else ", .png") + "), trials.csv, hypervolume.csv, front.json.",

@@ -69,6 +69,7 @@ def open_study(study_file: StudyFile, storage: str | None = None, study_name: st
         else:
             study.set_user_attr("rungs", [r.model_dump() for r in study_file.fidelity.rungs])
         study.set_user_attr("fidelity_mode", study_file.fidelity.mode)
+        study.set_user_attr("final_recipe", study_file.study.final_recipe)
         _enqueue_baselines(study, study_file)
     return study
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from lightseg_nas.checks import InputSize, Seed, reject_bools
 from lightseg_nas.cost import LATENCY_BACKENDS
 from lightseg_nas.errors import UserError
-from lightseg_nas.settings import Epochs, LossSettings, OptimizerSettings, SpeedSettings, SplitSettings, SupernetRecipe, SupernetSettings, bool_fields
+from lightseg_nas.settings import RECIPES, Epochs, LossSettings, OptimizerSettings, SpeedSettings, SplitSettings, SupernetRecipe, SupernetSettings, bool_fields
 
 # Cost objective -> the trial attribute that holds it (latency is kept as a ratio).
 COST_ATTRS = {"params": "params", "macs": "macs", "latency": "latency_ratio"}
@@ -39,6 +39,9 @@ STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 class StudySection(_Section):
     name: str = Field(pattern=STUDY_NAME_PATTERN)
     space: str
+    # The named training recipe (lightseg_nas/settings.py RECIPES) that this study's chosen
+    # networks are to be trained with to the end; the report says how.
+    final_recipe: Optional[str] = None
     num_classes: Literal[1, 2] = 1
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: Seed = 0
@@ -234,6 +237,8 @@ def load_study_file(path: str | Path) -> StudyFile:
     except ValidationError as error:
         raise UserError(f"{path}: {_first_error(error)}") from None
     search_spaces.get_space(study.study.space)  # unknown space -> one line listing the known ones
+    if study.study.final_recipe is not None and study.study.final_recipe not in RECIPES:
+        raise UserError(f"{path}: study.final_recipe: {study.study.final_recipe!r} is unknown; known: {', '.join(sorted(RECIPES))}")
     get_preset(study.cost.reference)
     if study.baselines.presets != "auto":
         for name in study.baselines.presets:
