@@ -2,6 +2,7 @@
 
     python benchmarks/fidelity_audit.py [STUDY] [--count 12] [--epochs 30] [--size 160]
                                         [--eval-size 224] [--runs runs/audit] [--threads 2]
+                                        [--supernet FILE]
 
 Picks ``--count`` architectures of a finished study (by default the committed
 ``studies/eg1800_extremec3.toml``): every baseline trial, then the full-fidelity front,
@@ -11,7 +12,10 @@ split as the study) and scores it at ``--eval-size`` on that validation split (p
 foreground IoU, the papers' "mIoU"). Then, against that final figure, Kendall's tau and
 Spearman's rho of each cheap signal the search used: the value after each rung, each
 zero-cost proxy, and the parameter count alone (the baseline a cheap signal must beat), and
-how many of the final top 3 each signal puts in its own top 3.
+how many of the final top 3 each signal puts in its own top 3. With ``--supernet FILE`` (a
+supernet of the study's space trained on the study's data and training split), the score of
+each audited network with the supernet's weights and recalibrated batch norm is one more
+signal: the weight-sharing fidelity's ranking against stand-alone training.
 
 Resumable: each network trains under RUNS/<arch_id>/ with a checkpoint every epoch (a stop
 loses at most one epoch); finished networks are read back from their model files.
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "audit")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--supernet", type=Path, default=None, help="score every audited network with this supernet too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -90,6 +95,14 @@ def main() -> None:
     rungs = sorted({index for stored in records.values() for index in stored.rung_val_fg_iou})
     proxies = sorted({name for stored in records.values() for name in stored.proxies})
     rows = []
+    supernet = None
+    if args.supernet is not None:
+        from lightseg_nas.supernet import load_supernet, recalibration_split, score
+
+        supernet, supernet_record = load_supernet(args.supernet)
+        if supernet_record["space"] != study_file.study.space:
+            raise SystemExit(f"{args.supernet}: a supernet of space {supernet_record['space']!r}, the study's is {study_file.study.space!r}")
+        recalibration, supernet_val = recalibration_split(supernet_record, data)
     for _, trial in chosen.iterrows():
         stored = records[int(trial.number)]
         out = args.runs / trial.arch_id
@@ -104,7 +117,10 @@ def main() -> None:
             "params": int(trial.params), "final_val_fg_iou": final["fg_iou"], "cpu_minutes": record["train_seconds"] / 60,
             **{rung_key(i): stored.rung_val_fg_iou.get(i) for i in rungs}, **{f"proxy_{n}": stored.proxies.get(n) for n in proxies},
         })
-        write(pd.DataFrame(rows), [rung_key(i) for i in rungs] + [f"proxy_{n}" for n in proxies] + ["params"], args)
+        if supernet is not None:
+            rows[-1]["supernet_val_fg_iou"] = score(supernet, config_from_dict(stored.config), recalibration, supernet_val, supernet_record["preprocessing"])["fg_iou"]
+        signals = [rung_key(i) for i in rungs] + [f"proxy_{n}" for n in proxies] + (["supernet_val_fg_iou"] if supernet is not None else []) + ["params"]
+        write(pd.DataFrame(rows), signals, args)
 
 
 def write(frame: pd.DataFrame, signals: list[str], args) -> None:
