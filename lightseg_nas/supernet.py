@@ -199,7 +199,15 @@ def load_supernet(path: str | Path) -> tuple[nn.Module, dict]:
     record = load_state_file(path, "supernet file", hint="")
     if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: not a supernet file of this version (format {record.get('format')!r} {record.get('format_version')!r})")
-    supernet = build_supernet(record.get("space"), record.get("num_classes"))
+    try:
+        SupernetSettings(**record["settings"])
+        if not isinstance(record["data"]["spec"], str) or not isinstance(record["state_dict"], dict) or record["num_classes"] not in (1, 2):
+            raise TypeError
+        if not isinstance(record["space"], str) or record["space"] not in search_spaces.SUPERNET_SPACES:
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: a damaged supernet file (its space, classes, settings, data or weights are missing or wrong)") from None
+    supernet = build_supernet(record["space"], record["num_classes"])
     check_finite_state(record["state_dict"], str(path))
     try:
         supernet.load_state_dict(record["state_dict"], strict=True)

@@ -161,6 +161,17 @@ def test_training_resumes_exactly_and_writes_a_supernet_file(tmp_path, monkeypat
         model_file = tmp_path / "model.pt"
         torch.save({"format": "lightseg-nas-model"}, model_file)
         load_supernet(model_file)
+    # damaged in each of the ways a file can be: a key missing, a wrong type, non-finite weights
+    good = torch.load(tmp_path / "split" / "supernet.pt", weights_only=True)
+    key = next(iter(good["state_dict"]))
+    nan_weights = {**good["state_dict"], key: good["state_dict"][key] * float("nan")}
+    for damage, message in (
+        ({"space": None}, "damaged"), ({"settings": {"epochs": "many"}}, "damaged"), ({"data": {}}, "damaged"),
+        ({"num_classes": 7}, "damaged"), ({"state_dict": nan_weights}, "non-finite"),
+    ):
+        torch.save({**good, **damage}, tmp_path / "bad.pt")
+        with pytest.raises(UserError, match=message):
+            load_supernet(tmp_path / "bad.pt")
 
 
 SUPERNET_STUDY = TINY.replace("{space}", "extremec3").replace("{minimize}", '["params"]').replace("{budgets}", "").replace("{study_extra}", "")
