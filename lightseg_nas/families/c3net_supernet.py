@@ -28,11 +28,7 @@ from torch import nn
 
 from lightseg_nas.families.blocks import BN_EPS_C3_BRANCH, C3Block, ImagePool, upsample
 from lightseg_nas.families.c3net import IMAGE_CHANNELS, C3Net, C3NetConfig, C3Stage
-from lightseg_nas.families.elastic_blocks import ElasticBR as _BR
-from lightseg_nas.families.elastic_blocks import ElasticC3Block as _Block
-from lightseg_nas.families.elastic_blocks import bn as _bn
-from lightseg_nas.families.elastic_blocks import copy_bn as _copy_bn
-from lightseg_nas.families.elastic_blocks import parts as _parts
+from lightseg_nas.families.elastic_blocks import ElasticBR, ElasticC3Block, bn, copy_bn, parts
 
 __all__ = ["C3NetSupernet"]
 
@@ -75,22 +71,22 @@ class C3NetSupernet(nn.Module):
         branches = max(b.num_branches for stage in largest.stages for b in stage.blocks)
         self.pool_half, self.pool_quarter = ImagePool(), ImagePool()
         self.stem = nn.Conv2d(IMAGE_CHANNELS, c0, 3, 2, 1, bias=False)
-        self.stem_br = _BR(c0)
-        self.stem_norm = _BR(c0 + IMAGE_CHANNELS)
+        self.stem_br = ElasticBR(c0)
+        self.stem_norm = ElasticBR(c0 + IMAGE_CHANNELS)
         inputs = (c0 + IMAGE_CHANNELS, 2 * s1.width + IMAGE_CHANNELS)
         self.stages = nn.ModuleList(
             nn.ModuleList(
-                _Block(inputs[index] if i == 0 else stage.width, stage.width, branches, max_rate, 2 if (index == 0 and i == 0) else 1)
+                ElasticC3Block(inputs[index] if i == 0 else stage.width, stage.width, branches, max_rate, 2 if (index == 0 and i == 0) else 1)
                 for i in range(len(stage.blocks))
             )
             for index, stage in enumerate((s1, s2))
         )
-        self.stage_norms = nn.ModuleList([_BR(2 * s1.width + IMAGE_CHANNELS), _BR(2 * s2.width)])
+        self.stage_norms = nn.ModuleList([ElasticBR(2 * s1.width + IMAGE_CHANNELS), ElasticBR(2 * s2.width)])
         self.coarse = nn.Conv2d(2 * s2.width, c3, 1, bias=False)
         self.coarse_bn = nn.BatchNorm2d(c3, eps=BN_EPS_C3_BRANCH)
         self.fine_conv = nn.Conv2d(IMAGE_CHANNELS, c3, 3, 2, 1, bias=False)
-        self.fine_block = _Block(c3, c3, branches, max_rate)
-        self.head_norm = _BR(c3)
+        self.fine_block = ElasticC3Block(c3, c3, branches, max_rate)
+        self.head_norm = ElasticBR(c3)
         self.head_conv = nn.Conv2d(c3, largest.num_classes, 1, bias=False)
         self.up = upsample(2)
 
@@ -100,9 +96,9 @@ class C3NetSupernet(nn.Module):
         c0, (w1, w2) = config.stem_width, (s.width for s in config.stages)
         m1, m2 = (s.width for s in top.stages)
         return {
-            "stem": _parts((0, c0), (top.stem_width, IMAGE_CHANNELS)),
-            "stage0": _parts((0, w1), (m1, w1), (2 * m1, IMAGE_CHANNELS)),
-            "stage1": _parts((0, w2), (m2, w2)),
+            "stem": parts((0, c0), (top.stem_width, IMAGE_CHANNELS)),
+            "stage0": parts((0, w1), (m1, w1), (2 * m1, IMAGE_CHANNELS)),
+            "stage1": parts((0, w2), (m2, w2)),
         }
 
     def _check(self, config: C3NetConfig) -> None:
@@ -129,7 +125,7 @@ class C3NetSupernet(nn.Module):
             in_idx = maps[f"stage{index}"]
             y = self.stage_norms[index](torch.cat(parts, 1), in_idx)
         c3 = slice(0, config.decoder_width)
-        y = self.up(_bn(F.conv2d(y, self.coarse.weight[c3][:, in_idx]), self.coarse_bn, c3))
+        y = self.up(bn(F.conv2d(y, self.coarse.weight[c3][:, in_idx]), self.coarse_bn, c3))
         if config.fine_block is not None and not encoder_only:
             fine = F.conv2d(x, self.fine_conv.weight[c3], stride=2, padding=1)
             y = y + self.fine_block(fine, torch.arange(config.decoder_width), config.fine_block, config.decoder_width, add=True)
@@ -154,7 +150,7 @@ class C3NetSupernet(nn.Module):
             self.stage_norms[index].copy_into(module.norm, in_idx)
         c3 = slice(0, config.decoder_width)
         net.coarse[0].weight.data.copy_(self.coarse.weight[c3][:, in_idx])
-        _copy_bn(net.coarse[1], self.coarse_bn, c3)
+        copy_bn(net.coarse[1], self.coarse_bn, c3)
         if config.fine_block is not None:
             net.fine_conv.weight.data.copy_(self.fine_conv.weight[c3])
             self.fine_block.copy_into(net.fine_block, torch.arange(config.decoder_width), config.fine_block, config.decoder_width)

@@ -92,6 +92,16 @@ class SINetConfig(NetworkConfig):
         return self
 
 
+def block_information(coarse: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+    """SINet's information blocking: pass detail only where the coarse prediction is unsure."""
+    if coarse.shape[1] == 1:
+        probability = torch.sigmoid(coarse)
+        confidence = torch.maximum(probability, 1 - probability)
+    else:
+        confidence = torch.softmax(coarse, 1).max(1, keepdim=True)[0]
+    return detail * (1 - confidence)
+
+
 class SINet(nn.Module):
     """SINet's skeleton: SE down-samplers, two stages, (information-blocking) decoder."""
 
@@ -141,13 +151,7 @@ class SINet(nn.Module):
         coarse = self.dec_bn1(self.dec_upsample1(encoded))
         detail = self.skip(skip)
         if self.config.information_blocking:
-            # Pass detail only where the coarse prediction is unsure.
-            if coarse.shape[1] == 1:
-                probability = torch.sigmoid(coarse)
-                confidence = torch.maximum(probability, 1 - probability)
-            else:
-                confidence = torch.softmax(coarse, 1).max(1, keepdim=True)[0]
-            detail = detail * (1 - confidence)
+            detail = block_information(coarse, detail)
         y = self.dec_bn2(self.dec_upsample2(detail + coarse))
         return self.head_conv(self.head_upsample(y))
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from lightseg_nas.families.blocks import BN_EPS, C3Block, upsample
 from lightseg_nas.families.elastic_blocks import ElasticBR, ElasticSEDown, ElasticSlot, bn, copy_bn, parts
-from lightseg_nas.families.sinet import SINet, SINetConfig
+from lightseg_nas.families.sinet import SINet, SINetConfig, block_information
 
 __all__ = ["SINetSupernet"]
 
@@ -122,12 +122,7 @@ class SINetSupernet(nn.Module):
         w0 = config.stages[0].width
         detail = self.skip_br(F.conv2d(skip, self.skip.weight[:, :w0]), classes)
         if config.information_blocking:
-            if coarse.shape[1] == 1:
-                probability = torch.sigmoid(coarse)
-                confidence = torch.maximum(probability, 1 - probability)
-            else:
-                confidence = torch.softmax(coarse, 1).max(1, keepdim=True)[0]
-            detail = detail * (1 - confidence)
+            detail = block_information(coarse, detail)
         y = bn(self.up(detail + coarse), self.dec_bn2, classes)
         return F.conv2d(self.up(y), self.head_conv.weight, padding=1)
 
