@@ -2,7 +2,8 @@
 
     python benchmarks/fidelity_audit.py [STUDY] [--count 12] [--epochs 30] [--size 160]
                                         [--eval-size 224] [--runs runs/audit] [--threads 2]
-                                        [--supernet FILE]
+                                        [--supernet FILE] [--shard K/N]
+                                        [--references sinet]
 
 Picks ``--count`` architectures of a finished study (by default the committed
 ``studies/eg1800_extremec3.toml``): every baseline trial, then the full-fidelity front,
@@ -16,6 +17,15 @@ how many of the final top 3 each signal puts in its own top 3. With ``--supernet
 supernet of the study's space trained on the study's data and training split), the score of
 each audited network with the supernet's weights and recalibrated batch norm is one more
 signal: the weight-sharing fidelity's ranking against stand-alone training.
+
+To use several cores, run ``--shard 1/2`` and ``--shard 2/2`` side by side (one thread
+each): a shard trains its share of the networks (shares balanced by the study's measured
+latency) and writes no table; a run without ``--shard`` afterwards reads the finished model
+files back and writes the table.
+
+``--references`` names published networks outside the study's space (by default SINet for
+an ``extremec3`` study) trained with the same protocol and listed for comparison; having no
+cheap signals, they are left out of every correlation.
 
 Resumable: each network trains under RUNS/<arch_id>/ with a checkpoint every epoch (a stop
 loses at most one epoch); finished networks are read back from their model files.
@@ -33,6 +43,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from lightseg_nas.config import config_from_dict
 from lightseg_nas.inference import evaluate_network, load_network
+from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.record import TrialRecord, rung_key
 from lightseg_nas.search.report import trials_dataframe
@@ -65,6 +76,20 @@ def choose(table: pd.DataFrame, count: int) -> pd.DataFrame:
     return pd.concat([baselines, _spread(front, k_front), _spread(dominated, k_dominated)])
 
 
+def shard(chosen: pd.DataFrame, part: str) -> pd.DataFrame:
+    """Part K of N of the chosen rows: longest-first greedy balance on measured latency
+    (a stand-in for training cost), so the shards finish near one another."""
+    k, n = (int(x) for x in part.split("/"))
+    if not 1 <= k <= n:
+        raise SystemExit(f"--shard {part}: K must be 1..N")
+    load, owner = [0.0] * n, {}
+    cost = chosen.latency_ratio.fillna(chosen.latency_ratio.median())
+    for index in cost.sort_values(ascending=False, kind="stable").index:
+        lightest = load.index(min(load))
+        owner[index], load[lightest] = lightest, load[lightest] + float(cost[index])
+    return chosen[[owner[i] == k - 1 for i in chosen.index]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", nargs="?", type=Path, default=REPO / "studies" / "eg1800_extremec3.toml")
@@ -79,6 +104,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--supernet", type=Path, default=None, help="score every audited network with this supernet too")
+    parser.add_argument("--shard", default=None, help="K/N: train only this share of the networks, write no table")
+    parser.add_argument("--references", nargs="*", default=None, help="presets trained alike for comparison (default: sinet)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -86,6 +113,8 @@ def main() -> None:
     study = open_study(study_file, create=False)
     table = trials_dataframe(study)
     chosen = choose(table, args.count)
+    if args.shard is not None:
+        chosen = shard(chosen, args.shard)
     data = study_file.data_spec()
     settings = settings_from(
         epochs=args.epochs, size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -95,6 +124,7 @@ def main() -> None:
     rungs = sorted({index for stored in records.values() for index in stored.rung_val_fg_iou})
     proxies = sorted({name for stored in records.values() for name in stored.proxies})
     rows = []
+    references = ["sinet"] if args.references is None else args.references
     supernet = None
     if args.supernet is not None:
         from lightseg_nas.supernet import load_supernet, recalibration_split, score
@@ -103,6 +133,7 @@ def main() -> None:
         if supernet_record["space"] != study_file.study.space:
             raise SystemExit(f"{args.supernet}: a supernet of space {supernet_record['space']!r}, the study's is {study_file.study.space!r}")
         recalibration, supernet_val = recalibration_split(supernet_record, data)
+    signals = [rung_key(i) for i in rungs] + [f"proxy_{n}" for n in proxies] + (["supernet_val_fg_iou"] if supernet is not None else []) + ["params"]
     for _, trial in chosen.iterrows():
         stored = records[int(trial.number)]
         out = args.runs / trial.arch_id
@@ -110,16 +141,34 @@ def main() -> None:
             print(f"training trial {int(trial.number)} ({trial.arch_id}, {int(trial.params):,} params) in {out}", flush=True)
             config = config_from_dict(stored.config)
             train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
+        if args.shard is not None:
+            continue
         model, preprocessing, record = load_network(out / "model.pt")
         final = evaluate_network(model, preprocessing, data, "val", args.eval_size, settings.val_fraction, settings.val_seed, progress=False)
         rows.append({
             "trial": int(trial.number), "arch_id": trial.arch_id, "baseline": trial.baseline, "on_front": bool(trial.on_front),
-            "params": int(trial.params), "final_val_fg_iou": final["fg_iou"], "cpu_minutes": record["train_seconds"] / 60,
+            "params": int(trial.params), "final_val_fg_iou": final["fg_iou"],
+            "final_val_fg_iou_train_size": record["metrics"]["val_fg_iou"], "cpu_minutes": record["train_seconds"] / 60,
             **{rung_key(i): stored.rung_val_fg_iou.get(i) for i in rungs}, **{f"proxy_{n}": stored.proxies.get(n) for n in proxies},
         })
         if supernet is not None:
             rows[-1]["supernet_val_fg_iou"] = score(supernet, config_from_dict(stored.config), recalibration, supernet_val, supernet_record["preprocessing"])["fg_iou"]
-        signals = [rung_key(i) for i in rungs] + [f"proxy_{n}" for n in proxies] + (["supernet_val_fg_iou"] if supernet is not None else []) + ["params"]
+        write(pd.DataFrame(rows), signals, args)
+    if args.shard is not None:
+        return
+    for name in references:
+        config = get_preset(name).model_copy(update={"num_classes": study_file.study.num_classes})
+        out = args.runs / f"reference-{name}"
+        if not (out / "model.pt").exists():
+            print(f"training reference {name} ({config.arch_id}) in {out}", flush=True)
+            train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
+        model, preprocessing, record = load_network(out / "model.pt")
+        final = evaluate_network(model, preprocessing, data, "val", args.eval_size, settings.val_fraction, settings.val_seed, progress=False)
+        rows.append({
+            "trial": None, "arch_id": config.arch_id, "baseline": f"{name} (reference)", "on_front": False,
+            "params": sum(p.numel() for p in model.parameters()), "final_val_fg_iou": final["fg_iou"],
+            "final_val_fg_iou_train_size": record["metrics"]["val_fg_iou"], "cpu_minutes": record["train_seconds"] / 60,
+        })
         write(pd.DataFrame(rows), signals, args)
 
 
@@ -131,23 +180,29 @@ def write(frame: pd.DataFrame, signals: list[str], args) -> None:
         "",
         f"{len(frame)} architectures of `{args.study.name}`, each trained from scratch for {args.epochs} epochs at {args.size} px "
         f"(batch {args.batch_size}, lr {args.lr:g}, seed {args.seed}), scored on the study's validation split at {args.eval_size} px "
-        "(per-image foreground IoU). Written by `python benchmarks/fidelity_audit.py`.",
+        "(per-image foreground IoU, in %; final_val_fg_iou_train_size: the last epoch's figure at the training size). "
+        "Rows marked reference are published networks outside the space, trained alike and left out of the correlations. "
+        "Written by `python benchmarks/fidelity_audit.py`.",
         "",
-        frame.assign(final_val_fg_iou=frame.final_val_fg_iou * 100).to_markdown(index=False, floatfmt=".4g"),
+        frame.assign(final_val_fg_iou=frame.final_val_fg_iou * 100, final_val_fg_iou_train_size=frame.final_val_fg_iou_train_size * 100)
+        .to_markdown(index=False, floatfmt=".4g"),
         "",
     ]
-    if len(frame) >= 4:
+    audited = frame[frame.trial.notna()]
+    for target, label in (("final_val_fg_iou", f"at {args.eval_size} px"), ("final_val_fg_iou_train_size", f"at the training size, {args.size} px")):
+        if len(audited) < 4:
+            break
         agreement = []
         for signal in signals:
-            present = frame[frame[signal].notna()]
+            present = audited[audited[signal].notna()]
             if len(present) < 4:
                 continue
-            values, final = present[signal].astype(float), present.final_val_fg_iou
+            values, final = present[signal].astype(float), present[target]
             tau, rho = kendalltau(values, final).statistic, spearmanr(values, final).statistic
             # of the final top 3 among these trials, how many this signal also ranks top 3
-            hits = len(set(present.nlargest(3, "final_val_fg_iou").arch_id) & set(present.loc[values.nlargest(3).index, "arch_id"]))
+            hits = len(set(present.nlargest(3, target).arch_id) & set(present.loc[values.nlargest(3).index, "arch_id"]))
             agreement.append({"signal": signal, "trials": len(present), "kendall_tau": tau, "spearman_rho": rho, "final_top3_in_its_top3": hits})
-        lines += ["Agreement of each cheap signal with the final validation fg IoU:", "", pd.DataFrame(agreement).to_markdown(index=False, floatfmt=".2f"), ""]
+        lines += [f"Agreement of each cheap signal with the final validation fg IoU {label}:", "", pd.DataFrame(agreement).to_markdown(index=False, floatfmt=".2f"), ""]
     (args.out / "fidelity_audit.md").write_text("\n".join(lines))
 
 
