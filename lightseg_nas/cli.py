@@ -345,7 +345,7 @@ def train(
 @app.command("supernet")
 @user_errors
 def supernet_command(
-    space: str = typer.Option(..., "--space", help="The search space whose networks the supernet holds (extremec3)."),
+    space: str = typer.Option(..., "--space", help="The search space whose networks the supernet holds: extremec3, sinet or hybrid."),
     data: str = DataOption,
     out: Path = typer.Option(..., "--out", help="Run folder: supernet.pt at the end, checkpoint.pt after each epoch."),
     classes: int = typer.Option(1, "--classes", help="Output classes of every sub-network (1 logit or 2 softmax)."),
