@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import search_spaces
 from lightseg_nas.checks import check_finite_state, check_output_dir, folder_lock, load_state_file
-from lightseg_nas.data import SegmentationData, load_split
+from lightseg_nas.data import SegmentationData, load_split, split_fingerprint
 from lightseg_nas.data.transforms import get_preprocessing, normalize
 from lightseg_nas.distill import pixel_kd, two_class_logits
 from lightseg_nas.errors import FieldError, UserError, stop_requested
@@ -180,7 +180,10 @@ def _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preproc
         "preprocessing": preprocessing,
         "settings": settings.model_dump(),
         "seed": settings.seed,
-        "data": {"spec": data_spec, "train": train_data.description, "val": val_data.description, "synthetic": train_data.synthetic},
+        "data": {
+            "spec": data_spec, "train": train_data.description, "val": val_data.description, "synthetic": train_data.synthetic,
+            "fingerprint": split_fingerprint(data_spec, settings.val_fraction, settings.val_seed),
+        },
         "history": history,
         "metrics": {k: v for k, v in (history[-1].items() if history else {}) if k.startswith("val_")} | {"val_size": settings.size},
         "train_seconds": sum(row["seconds"] for row in history),

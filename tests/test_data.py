@@ -124,3 +124,18 @@ def test_augment_keeps_shapes_and_binary_masks_and_is_seeded():
     assert one[0].shape == (4, 3, 64, 64) and one[1].shape == (4, 64, 64)
     assert set(one[1].unique().tolist()) <= {0, 1}
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_a_split_fingerprint_names_the_images_not_where_the_dataset_lies(tmp_path):
+    import shutil
+
+    from lightseg_nas.data import split_fingerprint
+
+    here = write_dataset(tmp_path / "here", "extportraitseg", count=12)
+    there = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(here, there)
+    assert split_fingerprint(f"eg1800:{here}") == split_fingerprint(f"eg1800:{there}")
+    assert split_fingerprint(f"eg1800:{here}", val_seed=1) != split_fingerprint(f"eg1800:{here}")  # other images validate
+    (there / "eg1800_train.txt").write_text("\n".join((here / "eg1800_train.txt").read_text().split()[:-1]) + "\n")
+    assert split_fingerprint(f"eg1800:{here}") != split_fingerprint(f"eg1800:{there}")  # one training image fewer
+    assert split_fingerprint("synthetic:count=8") != split_fingerprint("synthetic:count=8,seed=1")

@@ -237,3 +237,27 @@ def test_workers_sharing_a_study_score_with_the_supernet_trained_once(tmp_path, 
     finished = [TrialRecord.of(t) for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) == 6 and {r.outcome for r in finished} <= {"scored", "duplicate"}
     assert (tmp_path / "tiny-supernet" / "supernet.pt").exists()
+
+
+def test_a_supernet_is_recognised_wherever_the_same_dataset_lies(tmp_path):
+    """A supernet trained on one machine's copy of a dataset serves a study whose copy lies
+    elsewhere (the check compares which images train and validate, not paths)."""
+    import shutil
+
+    from lightseg_nas.search import load_study_file
+    from lightseg_nas.search.supernet_fidelity import ensure_supernet
+    from tests.fixtures import write_dataset
+
+    here = write_dataset(tmp_path / "here", "extportraitseg", count=12)
+    study = SUPERNET_STUDY.replace('spec = "synthetic:count=12"', f'spec = "eg1800:{here}"').replace("recalibration_images = 8", "recalibration_images = 4")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "tiny.toml").write_text(study)
+    ensure_supernet(load_study_file(tmp_path / "a" / "tiny.toml"), progress=False)
+    there = shutil.copytree(here, tmp_path / "there")
+    shutil.copytree(tmp_path / "a" / "tiny-supernet", tmp_path / "b" / "tiny-supernet")
+    (tmp_path / "b" / "tiny.toml").write_text(study.replace(str(here), str(there)))
+    ensure_supernet(load_study_file(tmp_path / "b" / "tiny.toml"), progress=False)  # accepted, not retrained
+    assert not (tmp_path / "b" / "tiny-supernet" / "checkpoint.pt").exists()
+    (there / "eg1800_train.txt").write_text("\n".join((here / "eg1800_train.txt").read_text().split()[:-1]) + "\n")
+    with pytest.raises(UserError, match="other data"):
+        ensure_supernet(load_study_file(tmp_path / "b" / "tiny.toml"), progress=False)

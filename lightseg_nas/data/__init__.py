@@ -13,7 +13,7 @@ import torch
 
 from lightseg_nas.errors import UserError
 
-__all__ = ["SegmentationData", "load_split", "parse_spec", "DEFAULT_SPEC", "SPEC_KINDS"]
+__all__ = ["SegmentationData", "load_split", "parse_spec", "split_fingerprint", "DEFAULT_SPEC", "SPEC_KINDS"]
 
 DEFAULT_SPEC = "synthetic"
 SPEC_KINDS = ("eg1800", "synthetic")
@@ -49,6 +49,25 @@ def parse_spec(spec: str) -> tuple[str, dict]:
             raise UserError(f"dataset spec {spec!r}: count must be at least 1")
         return kind, options
     raise UserError(f"unknown dataset spec {spec!r}; known kinds: eg1800:PATH, synthetic[:count=N,seed=S]")
+
+
+def split_fingerprint(spec: str, val_fraction: float = 0.1, val_seed: int = 0) -> str:
+    """Which images train and which validate, independent of where the dataset lies: a hash
+    of the kind and the train and val names (EG1800), or of the generator's options
+    (synthetic). Two runs with one fingerprint trained and validated on the same images, so
+    a file made on one machine is recognised on another whose dataset sits elsewhere."""
+    import hashlib
+    import json
+
+    kind, options = parse_spec(spec)
+    if kind == "synthetic":
+        identity = {"kind": kind, **options}
+    else:
+        from lightseg_nas.data.eg1800 import split_names
+
+        root = Path(options["path"]).expanduser()
+        identity = {"kind": kind, **{split: sorted(split_names(root, split, val_fraction, val_seed)) for split in ("train", "val")}}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_split(

@@ -5,6 +5,7 @@ recalibrated on training images, on the study's validation split, untrained."""
 
 from __future__ import annotations
 
+from lightseg_nas.data import split_fingerprint
 from lightseg_nas.errors import UserError
 from lightseg_nas.search.study_file import StudyFile
 
@@ -12,10 +13,10 @@ __all__ = ["ensure_supernet", "open_supernet"]
 
 
 def ensure_supernet(study_file: StudyFile, progress: bool = True) -> None:
-    from lightseg_nas.supernet import train_supernet
-
     """Train the study's supernet if its file does not exist yet; then check it is the
     study's (before the study's storage is touched)."""
+    from lightseg_nas.supernet import train_supernet
+
     path = study_file.supernet_path()
     if not path.exists():
         checkpoint = path.parent / "checkpoint.pt"
@@ -48,7 +49,11 @@ def _checked(study_file: StudyFile):
     if record["space"] != study.space or record["num_classes"] != study.num_classes:
         problems.append(f"it holds space {record['space']!r} with {record['num_classes']} class(es), the study {study.space!r} with {study.num_classes}")
     settings = record["settings"]
-    if record["data"]["spec"] != study_file.data_spec() or (settings["val_fraction"], settings["val_seed"]) != (data.val_fraction, data.val_seed):
+    if "fingerprint" in record["data"]:  # the same images, wherever the dataset lies on this machine
+        other = record["data"]["fingerprint"] != split_fingerprint(study_file.data_spec(), data.val_fraction, data.val_seed)
+    else:  # files from before fingerprints: the same dataset path
+        other = record["data"]["spec"] != study_file.data_spec()
+    if other or (settings["val_fraction"], settings["val_seed"]) != (data.val_fraction, data.val_seed):
         # trained on another split, it may have seen this study's validation images
         problems.append("it was trained on other data or another validation split than the study's")
     if problems:
