@@ -39,3 +39,19 @@ def test_audit_shards_split_the_chosen_networks_exactly_once_with_balanced_cost(
     assert max(loads) - min(loads) <= 1.0  # greedy longest-first: within the smallest item's cost of even
     with pytest.raises(SystemExit):
         audit.shard(chosen, "4/3")
+
+
+def test_search_comparison_hypervolume_gain_counts_only_what_the_published_networks_do_not_cover():
+    import numpy as np
+
+    comparison = _load("search_comparison")
+    published = np.array([[0.90, 40.0], [0.92, 80.0]])  # (fg IoU, params)
+    scale = np.array([100.0])
+    assert comparison.hypervolume_gain(np.empty((0, 2)), published, scale) == 0.0
+    assert comparison.hypervolume_gain(np.array([[0.89, 60.0]]), published, scale) == 0.0  # dominated by both
+    # a point better than the first published network in both objectives adds the strip
+    # [0.09, 0.10] x [0.30, 0.80] and the band [0.10, 1.1] x [0.30, 0.40] (normalised: 1 - IoU, params / 100)
+    gain = comparison.hypervolume_gain(np.array([[0.91, 30.0]]), published, scale)
+    assert abs(gain - (0.01 * 0.5 + 1.0 * 0.1)) < 1e-9
+    frame = __import__("pandas").DataFrame({"params": [5, 1, 9, 3, 7]})
+    assert comparison.spread(frame, 3).params.tolist() == [1, 5, 9] and len(comparison.spread(frame, 10)) == 5
