@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau, spearmanr
 
-from lightseg_nas.config import config_from_dict
+from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
@@ -160,12 +160,12 @@ def main() -> None:
         config = get_preset(name).model_copy(update={"num_classes": study_file.study.num_classes})
         out = args.runs / f"reference-{name}"
         if not (out / "model.pt").exists():
-            print(f"training reference {name} ({config.arch_id}) in {out}", flush=True)
+            print(f"training reference {name} ({arch_id(config)}) in {out}", flush=True)
             train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
         model, preprocessing, record = load_network(out / "model.pt")
         final = evaluate_network(model, preprocessing, data, "val", args.eval_size, settings.val_fraction, settings.val_seed, progress=False)
         rows.append({
-            "trial": None, "arch_id": config.arch_id, "baseline": f"{name} (reference)", "on_front": False,
+            "trial": None, "arch_id": arch_id(config), "baseline": f"{name} (reference)", "on_front": False,
             "params": sum(p.numel() for p in model.parameters()), "final_val_fg_iou": final["fg_iou"],
             "final_val_fg_iou_train_size": record["metrics"]["val_fg_iou"], "cpu_minutes": record["train_seconds"] / 60,
         })

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from optuna._hypervolume import compute_hypervolume
 
-from lightseg_nas.config import config_from_dict
+from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
@@ -76,7 +76,7 @@ def hypervolume_gain(points: np.ndarray, published: np.ndarray, scale: np.ndarra
 
 def trained(config, data: str, out: Path, settings, eval_size: int) -> dict:
     if not (out / "model.pt").exists():
-        print(f"training {config.arch_id} in {out}", flush=True)
+        print(f"training {arch_id(config)} in {out}", flush=True)
         train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
     model, preprocessing, record = load_network(out / "model.pt")
     differs = [f for f in PROTOCOL_FIELDS if record["training"].get(f) != getattr(settings, f)]
@@ -130,12 +130,12 @@ def main() -> None:
         num_classes = study_file.study.num_classes
     published = {name: get_preset(name).model_copy(update={"num_classes": num_classes}) for name in ("extremec3net", "sinet")}
     jobs += [("published", config) for config in published.values()]
-    folder = {config.arch_id: args.runs / (f"reference-{name}" if name == "sinet" else config.arch_id) for name, config in published.items()}
+    folder = {arch_id(config): args.runs / (f"reference-{name}" if name == "sinet" else arch_id(config)) for name, config in published.items()}
     if args.shard is not None:
         k, n = (int(x) for x in args.shard.split("/"))
         for index, (_, config) in enumerate(jobs):
             if index % n == k - 1:
-                trained(config, data, folder.get(config.arch_id, args.runs / config.arch_id), settings, args.eval_size)
+                trained(config, data, folder.get(arch_id(config), args.runs / arch_id(config)), settings, args.eval_size)
         return
 
     rows = []
@@ -145,16 +145,16 @@ def main() -> None:
             rows.append({
                 "arm": arm, "trial": int(trial.number), "arch_id": trial.arch_id, "params": int(trial.params),
                 "latency_ratio": float(trial.latency_ratio), "search_val_fg_iou": float(trial.val_fg_iou),
-                **trained(config, data, args.runs / config.arch_id, settings, args.eval_size),
+                **trained(config, data, args.runs / arch_id(config), settings, args.eval_size),
             })
     rung_table = trials_dataframe(arms["rungs"][1])
     for name, config in published.items():
         # latency as the rung study measured it (ExtremeC3Net is its baseline; SINet is the reference, 1.0 by definition)
         row = rung_table[rung_table.baseline == name]
         latency = float(row.latency_ratio.iloc[0]) if len(row) else 1.0
-        params = sum(p.numel() for p in load_network(folder[config.arch_id] / "model.pt")[0].parameters())
-        rows.append({"arm": "published", "trial": None, "arch_id": f"{name} {config.arch_id}", "params": params, "latency_ratio": latency,
-                     "search_val_fg_iou": None, **trained(config, data, folder[config.arch_id], settings, args.eval_size)})
+        params = sum(p.numel() for p in load_network(folder[arch_id(config)] / "model.pt")[0].parameters())
+        rows.append({"arm": "published", "trial": None, "arch_id": f"{name} {arch_id(config)}", "params": params, "latency_ratio": latency,
+                     "search_val_fg_iou": None, **trained(config, data, folder[arch_id(config)], settings, args.eval_size)})
     frame = pd.DataFrame(rows)
     columns = ["final_val_fg_iou", "params", "latency_ratio"]
     scale = frame[columns[1:]].max().to_numpy(float)
