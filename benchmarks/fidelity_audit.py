@@ -30,6 +30,12 @@ cheap signals, they are left out of every correlation.
 Resumable: each network trains under RUNS/<arch_id>/ with a checkpoint every epoch (a stop
 loses at most one epoch); finished networks are read back from their model files.
 Writes benchmarks/results/fidelity_audit.md and fidelity_audit.csv after every network.
+The trained networks of the committed results (15 epochs at 160 px) are kept as model files
+in benchmarks/results/fidelity_audit_models/NAME.pt; to reuse them instead of training
+again, place each as RUNS/NAME/model.pt:
+
+    for f in benchmarks/results/fidelity_audit_models/*.pt; do
+        mkdir -p runs/audit/$(basename $f .pt) && cp $f runs/audit/$(basename $f .pt)/model.pt; done
 """
 
 from __future__ import annotations
