@@ -202,7 +202,11 @@ def test_every_shipped_study_file_is_valid():
     files = sorted((Path(__file__).parents[1] / "studies").glob("*.toml"))
     assert any(f.name == "quickstart.toml" for f in files)
     for file in files:
-        study = load_study_file(file)
+        try:
+            study = load_study_file(file)
+        except UserError as error:  # EG1800 studies on a machine without ../shared: only the data is missing
+            assert "no such dataset folder" in str(error) and 'spec = "eg1800:' in file.read_text(), str(error)
+            continue
         assert study.study.space in search_spaces.list_spaces()
 
 
