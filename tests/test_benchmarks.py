@@ -55,3 +55,24 @@ def test_search_comparison_hypervolume_gain_counts_only_what_the_published_netwo
     assert abs(gain - (0.01 * 0.5 + 1.0 * 0.1)) < 1e-9
     frame = __import__("pandas").DataFrame({"params": [5, 1, 9, 3, 7]})
     assert comparison.spread(frame, 3).params.tolist() == [1, 5, 9] and len(comparison.spread(frame, 10)) == 5
+
+
+def test_final_models_names_and_comparison_lines():
+    import pandas as pd
+
+    final = _load("final_models")
+    assert final.parse_name("extremec3net") == ("extremec3net", False)
+    assert final.parse_name("0123456789ab-kd") == ("0123456789ab", True)
+    for bad in ("resnet", "0123-kd", "../x", "0123456789AB"):
+        with pytest.raises(SystemExit):
+            final.parse_name(bad)
+    assert final.file_name("sinet", 0) == "sinet.pt" and final.file_name("sinet", 1) == "sinet-seed1.pt"
+    frame = pd.DataFrame({
+        "model": ["extremec3net", "extremec3net", "0123456789ab", "0123456789ab", "fedcba987654", "sinet"],
+        "seed": [0, 1, 0, 1, 0, 0], "params": [37738, 37738, 30000, 30000, 50000, 86684],
+        "latency_ratio": [1.7, 1.7, 0.4, 0.4, 0.9, 1.0], "val_fg_iou_224": [93.0, 93.2, 93.5, 93.9, 95.0, 94.0],
+    })
+    by_model, lines = final.summary(frame)
+    assert by_model.set_index("model").loc["extremec3net", "val_fg_iou_224_mean"] == pytest.approx(93.1)
+    assert len(lines) == 2  # one over-budget network is not compared with ExtremeC3Net; the fast one is compared with SINet
+    assert "+0.60 points against ExtremeC3Net (seeds 0,1)" in lines[0] and "-0.30 points against SINet" in lines[1]
