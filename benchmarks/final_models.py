@@ -31,7 +31,9 @@ wall time; cpu_minutes multiplies it by the threads it used.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import re
 import shutil
 import sys
@@ -78,7 +80,7 @@ def file_name(name: str, seed: int) -> str:
     return f"{name}.pt" if seed == 0 else f"{name}-seed{seed}.pt"
 
 
-def train_one(name: str, args, study_file, study, final_dir: Path, ledger: dict) -> None:
+def train_one(name: str, args, study_file, study, final_dir: Path) -> None:
     base, kd = parse_name(name)
     config = config_for(base, study, study_file.study.num_classes)
     teacher = dict(teacher="sinet") if kd else {}
@@ -97,8 +99,23 @@ def train_one(name: str, args, study_file, study, final_dir: Path, ledger: dict)
     target = final_dir / file_name(name, args.seed)
     shutil.copyfile(out / "model.pt", target.with_suffix(".tmp"))
     target.with_suffix(".tmp").replace(target)
-    ledger[target.name] = {"threads": args.threads}
-    (final_dir / "trainings.json").write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+    record_threads(final_dir, target.name, args.threads)
+
+
+def read_ledger(final_dir: Path) -> dict:
+    path = final_dir / "trainings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_threads(final_dir: Path, name: str, threads: int) -> None:
+    """Add one entry to trainings.json under a lock (trainings run side by side), written whole
+    and atomically."""
+    with open(final_dir / ".trainings.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ledger = {**read_ledger(final_dir), name: {"threads": threads}}
+        tmp = final_dir / f"trainings.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+        tmp.replace(final_dir / "trainings.json")
 
 
 def table(study_file, final_dir: Path, ledger: dict) -> pd.DataFrame:
@@ -198,18 +215,16 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     final_dir = study_file.folder / f"{study_file.path.stem}-final"
-    ledger_path = final_dir / "trainings.json"
-    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
     if args.train:
         study = open_study(study_file, create=False)
         args.runs = args.runs / study_file.study.name
         for name in args.train:
             parse_name(name)
         for name in args.train:
-            train_one(name, args, study_file, study, final_dir, ledger)
+            train_one(name, args, study_file, study, final_dir)
     if args.no_table or not final_dir.is_dir():
         return
-    frame = table(study_file, final_dir, ledger)
+    frame = table(study_file, final_dir, read_ledger(final_dir))
     if len(frame):
         write(frame, study_file, final_dir)
         print((final_dir / "results.md").read_text())

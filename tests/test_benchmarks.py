@@ -76,3 +76,18 @@ def test_final_models_names_and_comparison_lines():
     assert by_model.set_index("model").loc["extremec3net", "val_fg_iou_224_mean"] == pytest.approx(93.1)
     assert len(lines) == 2  # one over-budget network is not compared with ExtremeC3Net; the fast one is compared with SINet
     assert "+0.60 points against ExtremeC3Net (seeds 0,1)" in lines[0] and "-0.30 points against SINet" in lines[1]
+
+
+def test_final_models_ledger_keeps_every_entry_when_trainings_finish_together(tmp_path):
+    import threading
+
+    final = _load("final_models")
+    final.record_threads(tmp_path, "old.pt", 2)
+    writers = [threading.Thread(target=final.record_threads, args=(tmp_path, f"net{i}.pt", 1)) for i in range(12)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    ledger = final.read_ledger(tmp_path)
+    assert ledger["old.pt"] == {"threads": 2} and sorted(ledger) == sorted(["old.pt", *(f"net{i}.pt" for i in range(12))])
+    assert not list(tmp_path.glob("*.tmp"))
