@@ -139,7 +139,7 @@ def table(study_file, final_dir: Path, ledger: dict) -> pd.DataFrame:
         return pd.DataFrame()
     reference = build_model(get_preset(cost.reference).model_copy(update={"num_classes": study_file.study.num_classes})).eval()
     timing = measure_latency({"reference": reference, **models}, size=cost.size, threads=cost.threads, repeats=max(30, cost.repeats), backend=cost.backend)
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows).sort_values(["model", "seed"], kind="stable").reset_index(drop=True)
     frame.insert(7, "latency_ratio", [timing[a].median_ms / timing["reference"].median_ms for a in frame.arch_id])
     return frame
 
