@@ -19,8 +19,8 @@ protocol is checked) and its model file is copied to ``studies/<study>-final/<na
 (seed 0) or ``<name>-seed<S>.pt``. To use both cores, run two commands side by side, each
 with ``--threads 1`` (e.g. under ``taskset -c 0`` and ``taskset -c 1``).
 
-The table (``studies/<study>-final/results.md`` and ``.csv``, rewritten after each training
-and by a run without ``--train``) scores every model file in that folder: parameters,
+The table (``studies/<study>-final/results.md`` and ``.csv``, rewritten at the end of every
+run without ``--no-table``) scores every model file in that folder: parameters,
 conv-only MACs at 224 (convolutions and linear layers only), latency as a ratio to SINet
 (timed round-robin in one run, batch 1, the study's [cost] backend and threads; run the
 table on an idle machine), and the papers' metric on the validation split: per-image
@@ -44,18 +44,22 @@ import torch
 
 from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.cost import count_macs, count_params, measure_latency
+from lightseg_nas.errors import UserError
 from lightseg_nas.families import build_model
 from lightseg_nas.inference import evaluate_network, load_network
+from lightseg_nas.modelfile import load_record
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.record import TrialRecord
+from lightseg_nas.settings import changed_settings
+from lightseg_nas.speed import SPEED_FIELDS
 from lightseg_nas.train import settings_from, train_to_file
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = ("extremec3net", "sinet")
-# What makes two trainings comparable; a reused run folder must match all of them.
-PROTOCOL_FIELDS = ("epochs", "size", "batch_size", "lr", "weight_decay", "schedule", "loss", "augment", "seed", "val_fraction", "val_seed",
-                   "encoder_epochs", "preprocessing", "teacher", "max_steps")
+# Settings that change how fast a run goes, or only name its values, not what it computes: a
+# reused run folder must match every other setting.
+NOT_PROTOCOL = (*SPEED_FIELDS, "device", "recipe")
 PARAMS_LIMIT = 37_738  # ExtremeC3Net's published parameter count
 
 
@@ -71,7 +75,7 @@ def config_for(base: str, study, num_classes: int):
         return get_preset(base).model_copy(update={"num_classes": num_classes})
     for trial in study.trials:
         record = TrialRecord.of(trial)
-        if record.config and arch_id(config_from_dict(record.config)) == base:
+        if record.config and record.arch_id == base:
             return config_from_dict(record.config)
     raise SystemExit(f"{base}: no trial of study {study.study_name} has this arch_id")
 
@@ -91,8 +95,8 @@ def train_one(name: str, args, study_file, study, final_dir: Path) -> None:
         print(f"training {name} (seed {args.seed}, {study_file.study.final_recipe} recipe) in {out}", flush=True)
         train_to_file(config, study_file.data_spec(), out, settings, resume=(out / "checkpoint.pt").exists(), progress=sys.stderr.isatty(),
                       teacher_weights=args.teacher_weights if kd else None)
-    record = torch.load(out / "model.pt", weights_only=False, map_location="cpu")
-    differs = [f for f in PROTOCOL_FIELDS if record["training"].get(f) != getattr(settings, f)]
+    record = load_record(out / "model.pt")
+    differs = changed_settings(record["training"], settings, ignore=NOT_PROTOCOL)
     if differs or record["arch_id"] != arch_id(config):
         raise SystemExit(f"{out}: holds another network or protocol ({', '.join(differs) or 'arch_id'}); use another --runs folder")
     final_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +127,6 @@ def table(study_file, final_dir: Path, ledger: dict) -> pd.DataFrame:
     rows, models = [], {}
     for path in sorted(final_dir.glob("*.pt")):
         model, preprocessing, record = load_network(path)
-        model.eval()
         name = re.sub(r"-seed\d+$", "", path.stem)
         metrics = evaluate_network(model, preprocessing, data, "val", 224, record["training"]["val_fraction"], record["training"]["val_seed"], progress=False)
         threads = ledger.get(path.name, {}).get("threads")
@@ -207,12 +210,15 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="stop each training after this many steps (smoke tests)")
     parser.add_argument("--no-table", action="store_true", help="train only (the table times latency: write it on an idle machine)")
     args = parser.parse_args()
-    study_file = load_study_file(args.study)
+    try:
+        study_file = load_study_file(args.study)
+    except UserError as error:
+        if "no such dataset folder" in str(error):  # EG1800 is not on this machine
+            print(f"skipped: {error}")
+            return
+        raise SystemExit(f"error: {error}")
     if not study_file.study.final_recipe:
         raise SystemExit(f"{args.study}: names no final_recipe")
-    if study_file.data.spec.startswith("eg1800:") and not Path(study_file.data_spec()[7:]).is_dir():
-        print(f"skipped: {study_file.data_spec()[7:]} is not here (EG1800 is needed)")
-        return
     torch.set_num_threads(args.threads)
     final_dir = study_file.folder / f"{study_file.path.stem}-final"
     if args.train:
