@@ -91,3 +91,16 @@ def test_final_models_ledger_keeps_every_entry_when_trainings_finish_together(tm
     ledger = final.read_ledger(tmp_path)
     assert ledger["old.pt"] == {"threads": 2} and sorted(ledger) == sorted(["old.pt", *(f"net{i}.pt" for i in range(12))])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_rung_agreement_uses_only_trials_with_both_rungs():
+    from lightseg_nas.search.record import TrialRecord
+
+    agreement = _load("rung_agreement").agreement
+    records = [
+        TrialRecord(params=p, rung_val_fg_iou=r)
+        for p, r in [(10, {0: 0.1, 1: 0.3}), (20, {0: 0.2, 1: 0.2}), (30, {0: 0.3, 1: 0.1}), (40, {0: 0.9})]
+    ]
+    result = agreement(records)
+    assert result["promoted_trials"] == 3  # the trial stopped at rung 0 is left out
+    assert result["tau_rung0_vs_rung1"] == pytest.approx(-1.0) and result["tau_params_vs_rung1"] == pytest.approx(-1.0)
