@@ -76,6 +76,9 @@ def test_final_models_names_and_comparison_lines():
     assert by_model.set_index("model").loc["extremec3net", "val_fg_iou_224_mean"] == pytest.approx(93.1)
     assert len(lines) == 2  # one over-budget network is not compared with ExtremeC3Net; the fast one is compared with SINet
     assert "+0.60 points against ExtremeC3Net (seeds 0,1)" in lines[0] and "-0.30 points against SINet" in lines[1]
+    assert "seed spread 0.40 here, 0.20 for ExtremeC3Net" in lines[0]
+    _, lines = final.summary(frame[frame.seed == 0])
+    assert "seed spread n/a (one seed) here, n/a (one seed) for" in lines[0]
 
 
 def test_final_models_ledger_keeps_every_entry_when_trainings_finish_together(tmp_path):
