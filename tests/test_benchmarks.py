@@ -107,3 +107,27 @@ def test_rung_agreement_uses_only_trials_with_both_rungs():
     result = agreement(records)
     assert result["promoted_trials"] == 3  # the trial stopped at rung 0 is left out
     assert result["tau_rung0_vs_rung1"] == pytest.approx(-1.0) and result["tau_params_vs_rung1"] == pytest.approx(-1.0)
+
+
+def test_search_comparison_gain_checks_leave_out_the_best_point_and_the_range_one_arm_never_reached():
+    import numpy as np
+    import pandas as pd
+
+    comparison = _load("search_comparison")
+    frame = pd.DataFrame({
+        "arm": ["published", "published", "rungs", "supernet", "supernet"],
+        "final_val_fg_iou": [0.90, 0.92, 0.91, 0.85, 0.91],
+        "params": [40.0, 80.0, 30.0, 5.0, 30.0],
+        "latency_ratio": [2.0, 1.0, 1.0, 0.5, 1.0],
+    })
+    scale = frame[["params", "latency_ratio"]].max().to_numpy(float)
+    published = frame[frame.arm == "published"][["final_val_fg_iou", "params", "latency_ratio"]].to_numpy(float)
+    rungs, supernet = (comparison.gains(frame, arm, published, scale) for arm in ("rungs", "supernet"))
+    only_mid = comparison.hypervolume_gain(np.array([[0.91, 30.0, 1.0]]), published, scale)
+    assert rungs["hypervolume_gain"] == pytest.approx(only_mid) and rungs["gain_without_best_point"] == 0.0
+    assert supernet["hypervolume_gain"] > only_mid > 0  # the small point adds the cheap corner
+    assert supernet["gain_from_common_params"] == pytest.approx(only_mid)  # the 5-parameter point is below the rung arm's range
+    assert supernet["gain_without_best_point"] < supernet["hypervolume_gain"]
+    summary = pd.DataFrame({"arm": ["rungs", "supernet"], "search_hours": [2.0, 1.0], "g": [0.2, 0.3]})
+    assert comparison.per_hour(summary, "g") == pytest.approx(3.0)
+    assert np.isnan(comparison.per_hour(summary.assign(g=[0.0, 0.3]), "g"))
