@@ -17,6 +17,7 @@ a trained one its own), and its logits are resized to the student's when they di
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Optional
 
@@ -98,13 +99,19 @@ class Distiller:
         return loss
 
 
+def _digest(path: Path) -> str:
+    """First 16 hex digits of a file's SHA-256: names a teacher's weights on any machine (its
+    path names them on one only)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def load_teacher(spec: str, weights: Optional[Path]) -> tuple[torch.nn.Module, dict, str]:
     """(teacher in eval mode, its preprocessing, a description) from a model file or a preset."""
     if spec in list_presets():
         if weights is None:
             raise FieldError(("teacher", "teacher_weights"), f"{{0}} {spec}: a preset teacher needs {{1}} FILE.pth (the released weights)")
         model = load_released_weights(build_model(get_preset(spec)), spec, weights)
-        return model.eval(), get_preprocessing("released"), f"preset {spec} ({weights})"
+        return model.eval(), get_preprocessing("released"), f"preset {spec} ({Path(weights).name}, sha256 {_digest(weights)})"
     if weights is not None:
         raise FieldError(("teacher_weights", "teacher"), "{0} goes with a preset {1} (a model file holds its own weights)")
     path = Path(spec)
@@ -118,4 +125,4 @@ def load_teacher(spec: str, weights: Optional[Path]) -> tuple[torch.nn.Module, d
             "(a teacher has 1 foreground logit or 2 softmax classes)"
         )
     model, record = load_model_file(path)
-    return model.eval(), record["preprocessing"], f"model file {path} (arch {record['arch_id']})"
+    return model.eval(), record["preprocessing"], f"model file {path.name} (arch {record['arch_id']}, sha256 {_digest(path)})"

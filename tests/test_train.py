@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -242,7 +243,10 @@ def test_train_with_a_teacher_distils_and_records_it(tmp_path):
     silent = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "silent"), *base, "--teacher", str(teacher / "model.pt"), "--kd-weight", "0", "--cwd-weight", "0"])
     taught = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "taught"), *base, "--teacher", str(teacher / "model.pt"), "--json"])
     assert plain.exit_code == silent.exit_code == taught.exit_code == 0, (plain.output, silent.output, taught.output)
-    assert "model file" in json.loads(taught.stdout)["teacher"]
+    # the record names the teacher by file name, architecture and digest, not by a path on this machine
+    digest = hashlib.sha256((teacher / "model.pt").read_bytes()).hexdigest()[:16]
+    teacher_arch = torch.load(teacher / "model.pt", weights_only=True)["arch_id"]
+    assert json.loads(taught.stdout)["teacher"] == f"model file model.pt (arch {teacher_arch}, sha256 {digest})"
     records = {name: torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("plain", "silent", "taught")}
     assert records["plain"]["teacher"] is None and records["taught"]["training"]["teacher"] == str(teacher / "model.pt")
     # the teacher's terms are the only change: at weight 0 the run is the plain one, bit for bit
@@ -305,3 +309,14 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_and_a_changed_one_is
     assert refused.exit_code == 2 and "loss 'ce' (now 'lovasz')" in refused.stderr
     resumed = runner.invoke(app, [*base, "--resume"])
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_preset_teacher_is_recorded_by_weights_file_name_and_digest(official):
+    from lightseg_nas.data.transforms import get_preprocessing
+    from lightseg_nas.distill import load_teacher
+
+    weights = official / "SINet.pth"
+    model, preprocessing, description = load_teacher("sinet", weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    assert description == f"preset sinet (SINet.pth, sha256 {digest})" and str(official) not in description
+    assert not model.training and preprocessing == get_preprocessing("released")
