@@ -50,6 +50,8 @@ from lightseg_nas.train import settings_from, train_to_file
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
 # what must match for a network trained earlier in --runs to be reused
+# the objectives of the hypervolume: fg IoU (maximised), then the costs (minimised)
+OBJECTIVES = ["final_val_fg_iou", "params", "latency_ratio"]
 PROTOCOL_FIELDS = ("epochs", "size", "batch_size", "lr", "seed", "val_fraction", "val_seed", "loss")
 
 
@@ -74,14 +76,17 @@ def hypervolume_gain(points: np.ndarray, published: np.ndarray, scale: np.ndarra
     return float(compute_hypervolume(both, reference) - compute_hypervolume(normalised(published), reference))
 
 
+def common_params(frame: pd.DataFrame) -> int:
+    """The smallest parameter count that every arm's retrained front reaches."""
+    return int(frame[frame.arm != "published"].groupby("arm").params.min().max())
+
+
 def gains(frame: pd.DataFrame, arm: str, published: np.ndarray, scale: np.ndarray) -> dict:
     """An arm's hypervolume gain, and two checks of how much it rests on few points: the gain
-    without the one point that adds most, and the gain of its points at or above the
-    smallest parameter count that every arm's retrained front reaches."""
-    columns = ["final_val_fg_iou", "params", "latency_ratio"]
-    points = frame[frame.arm == arm][columns].to_numpy(float)
-    searched = frame[frame.arm != "published"]
-    common = searched.groupby("arm").params.min().max()
+    without the one point that adds most, and the gain of its points at or above
+    common_params."""
+    points = frame[frame.arm == arm][OBJECTIVES].to_numpy(float)
+    common = common_params(frame)
     return {
         "hypervolume_gain": hypervolume_gain(points, published, scale),
         "gain_without_best_point": min((hypervolume_gain(np.delete(points, i, 0), published, scale) for i in range(len(points))), default=0.0),
@@ -171,9 +176,8 @@ def main() -> None:
         rows.append({"arm": "published", "trial": None, "arch_id": f"{name} {arch_id(config)}", "params": params, "latency_ratio": latency,
                      "search_val_fg_iou": None, **trained(config, data, folder[arch_id(config)], settings, args.eval_size)})
     frame = pd.DataFrame(rows)
-    columns = ["final_val_fg_iou", "params", "latency_ratio"]
-    scale = frame[columns[1:]].max().to_numpy(float)
-    base = frame[frame.arm == "published"][columns].to_numpy(float)
+    scale = frame[OBJECTIVES[1:]].max().to_numpy(float)
+    base = frame[frame.arm == "published"][OBJECTIVES].to_numpy(float)
     summary = pd.DataFrame([
         {"arm": arm, "trials": len(study.trials), "search_hours": search_hours(study, study_file),
          "retrained": int((frame.arm == arm).sum()), "retrain_hours": frame[frame.arm == arm].retrain_minutes.sum() / 60,
@@ -194,7 +198,6 @@ def write(frame: pd.DataFrame, summary: pd.DataFrame, args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "search_comparison.csv", index=False)
     ratio = summary.set_index("arm").gain_per_hour
-    common_params = int(frame[frame.arm != "published"].groupby("arm").params.min().max())
     lines = [
         "# Supernet search against rung search",
         "",
@@ -213,7 +216,7 @@ def write(frame: pd.DataFrame, summary: pd.DataFrame, args) -> None:
         "The rung search's retrained front adds no hypervolume over the published networks, so no ratio is defined.",
         "",
         "gain_without_best_point: the gain with the arm's most valuable point left out. gain_from_common_params: the gain of the arm's "
-        f"points at or above {common_params:,} parameters, the smallest count every arm's retrained front reaches (so both arms cover "
+        f"points at or above {common_params(frame):,} parameters, the smallest count every arm's retrained front reaches (so both arms cover "
         "the same parameter range). Per hour, supernet over rungs, on these: "
         + ", ".join(f"{column} {per_hour(summary, column):.2f}x" for column in ("gain_without_best_point", "gain_from_common_params")) + ".",
         "",
