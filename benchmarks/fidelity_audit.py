@@ -48,6 +48,7 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 
 from lightseg_nas.config import arch_id, config_from_dict
+from lightseg_nas.errors import DatasetMissing
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
@@ -115,7 +116,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    study_file = load_study_file(args.study)
+    try:
+        study_file = load_study_file(args.study)
+    except DatasetMissing as error:  # EG1800 is not on this machine
+        print(f"skipped: {error}")
+        return
     study = open_study(study_file, create=False)
     table = trials_dataframe(study)
     chosen = choose(table, args.count)

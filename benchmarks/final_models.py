@@ -44,7 +44,7 @@ import torch
 
 from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.cost import count_macs, count_params, measure_latency
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.families import build_model
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.modelfile import load_record
@@ -217,10 +217,10 @@ def main() -> None:
     args = parser.parse_args()
     try:
         study_file = load_study_file(args.study)
+    except DatasetMissing as error:  # EG1800 is not on this machine
+        print(f"skipped: {error}")
+        return
     except UserError as error:
-        if "no such dataset folder" in str(error):  # EG1800 is not on this machine
-            print(f"skipped: {error}")
-            return
         raise SystemExit(f"error: {error}")
     if not study_file.study.final_recipe:
         raise SystemExit(f"{args.study}: names no final_recipe")

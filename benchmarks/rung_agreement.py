@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import kendalltau
 
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.record import TrialRecord
 
@@ -44,10 +44,10 @@ def main() -> None:
     for path in args.studies:
         try:
             study_file = load_study_file(path)
+        except DatasetMissing as error:  # the study files name their EG1800 folder
+            print(f"skipped: {error}")
+            return
         except UserError as error:
-            if "no such dataset folder" in str(error):  # the study files name their EG1800 folder
-                print(f"skipped: {error}")
-                return
             raise SystemExit(f"error: {error}")
         study = open_study(study_file, create=False)
         rungs = " then ".join(f"{r.epochs} ep at {r.size} px" for r in study_file.fidelity.rungs)

@@ -40,6 +40,7 @@ import torch
 from optuna._hypervolume import compute_hypervolume
 
 from lightseg_nas.config import arch_id, config_from_dict
+from lightseg_nas.errors import DatasetMissing
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
@@ -134,7 +135,11 @@ def main() -> None:
 
     arms, jobs = {}, []
     for arm, path in (("rungs", args.rung_study), ("supernet", args.supernet_study)):
-        study_file = load_study_file(path)
+        try:
+            study_file = load_study_file(path)
+        except DatasetMissing as error:  # EG1800 is not on this machine
+            print(f"skipped: {error}")
+            return
         study = open_study(study_file, create=False)
         table = trials_dataframe(study)
         front = table[table.on_front & table.baseline.isna()]

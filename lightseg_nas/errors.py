@@ -16,6 +16,11 @@ class UserError(Exception):
     """A problem with the user's input, described in one line that says what and where."""
 
 
+class DatasetMissing(UserError):
+    """A dataset folder that is not on this machine (EG1800 on a fresh clone): benchmarks
+    skip on it, the CLI reports it like any UserError."""
+
+
 class FieldError(UserError):
     """A UserError about named settings, in the library's language.
 

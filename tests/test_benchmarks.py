@@ -131,3 +131,20 @@ def test_search_comparison_gain_checks_leave_out_the_best_point_and_the_range_on
     summary = pd.DataFrame({"arm": ["rungs", "supernet"], "search_hours": [2.0, 1.0], "g": [0.2, 0.3]})
     assert comparison.per_hour(summary, "g") == pytest.approx(3.0)
     assert np.isnan(comparison.per_hour(summary.assign(g=[0.0, 0.3]), "g"))
+
+
+@pytest.mark.parametrize("name,args", [
+    ("final_models", ["{study}", "--train", "extremec3net"]),
+    ("rung_agreement", ["{study}", "{study}"]),
+    ("search_comparison", ["{study}", "{study}", "--out", "{tmp}/out"]),
+    ("fidelity_audit", ["{study}", "--out", "{tmp}/out"]),
+])
+def test_an_eg1800_benchmark_skips_with_its_reason_where_the_data_is_absent(tmp_path, monkeypatch, capsys, name, args):
+    # a committed EG1800 study file copied where its relative data folder does not exist (a fresh clone without ../shared)
+    study = tmp_path / "eg1800_extremec3_r128.toml"
+    study.write_text((Path(__file__).resolve().parents[1] / "studies" / study.name).read_text())
+    monkeypatch.setattr("sys.argv", [name, *(a.format(study=study, tmp=tmp_path) for a in args)])
+    _load(name).main()
+    out = capsys.readouterr().out
+    assert out.startswith("skipped: ") and "no such dataset folder" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [study.name]  # nothing trained or written

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lightseg_nas.data.images import read_mask, read_photo, resize_linear, resize_nearest
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import DatasetMissing, UserError
 
 CARVED_SPLITS = ("train", "val")
 
@@ -126,7 +126,7 @@ def load_eg1800(root: Path, split: str, size: int, val_fraction: float, val_seed
     """Decode and resize one split: uint8 images (N, H, W, 3), 0/1 masks (N, H, W), names."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"{root}: no such dataset folder")
+        raise DatasetMissing(f"{root}: no such dataset folder")
     samples = _samples(root, split_names(root, split, val_fraction, val_seed))
     iterator = samples
     if progress:

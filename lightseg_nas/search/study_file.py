@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lightseg_nas.checks import InputSize, Seed, reject_bools
 from lightseg_nas.cost import LATENCY_BACKENDS
-from lightseg_nas.errors import UserError
+from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.settings import RECIPES, Epochs, LossSettings, OptimizerSettings, SpeedSettings, SplitSettings, SupernetRecipe, SupernetSettings, bool_fields
 
 # Cost objective -> the trial attribute that holds it (latency is kept as a ratio).
@@ -259,7 +259,7 @@ def load_study_file(path: str | Path) -> StudyFile:
     except UserError as error:
         raise UserError(f"{path}: data.spec: {error}") from None
     if kind == "eg1800" and not Path(options["path"]).expanduser().is_dir():
-        raise UserError(f"{path}: data.spec: {options['path']}: no such dataset folder")
+        raise DatasetMissing(f"{path}: data.spec: {options['path']}: no such dataset folder")
     try:
         resolve_device(study.training.device)
     except UserError as error:
