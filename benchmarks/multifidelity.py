@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from optuna._hypervolume import compute_hypervolume
 
 from lightseg_nas.search import load_study_file, run_search, trials_dataframe
+from lightseg_nas.search.pareto import hypervolume
 from lightseg_nas.search.report import COST_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def main() -> None:
     for (seed, enabled), group in trials.groupby(["seed", "multi_fidelity"]):
         front = group[(group.state == "COMPLETE") & group.full_fidelity & group.duplicate_of.isna()]
         points = np.column_stack([1 - front.val_fg_iou.to_numpy(float)] + [front[c].to_numpy(float) / scale[c] for c in costs])
-        volume = compute_hypervolume(points, np.full(len(costs) + 1, 1.1)) if len(points) else 0.0
+        volume = hypervolume(points, 1.1)
         cpu_hours = group.cpu_s.iloc[0] / 3600
         rows.append(
             {

@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from optuna._hypervolume import compute_hypervolume
 
 from lightseg_nas.config import arch_id, config_from_dict
 from lightseg_nas.errors import DatasetMissing
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
+from lightseg_nas.search.pareto import hypervolume
 from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.report import trials_dataframe
 from lightseg_nas.train import settings_from, train_to_file
@@ -74,7 +74,7 @@ def hypervolume_gain(points: np.ndarray, published: np.ndarray, scale: np.ndarra
 
     reference = np.full(1 + len(scale), 1.1)
     both = normalised(np.vstack([published, points])) if len(points) else normalised(published)
-    return float(compute_hypervolume(both, reference) - compute_hypervolume(normalised(published), reference))
+    return float(hypervolume(both, reference) - hypervolume(normalised(published), reference))
 
 
 def common_params(frame: pd.DataFrame) -> int:

@@ -14,7 +14,7 @@ from lightseg_nas.cli import app
 from lightseg_nas.errors import UserError
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study, run_search
-from lightseg_nas.search.fidelity import is_promoted, non_dominated_ranks, promotion_order
+from lightseg_nas.search.fidelity import is_promoted
 from lightseg_nas.search.report import trials_dataframe
 
 runner = CliRunner()
@@ -124,14 +124,6 @@ def test_duplicates_are_not_trained_twice(tmp_path):
     assert twin.user_attrs["duplicate_of"] == original.number
     assert twin.values == original.values
     assert "train_seconds" not in twin.user_attrs and "rung0_val_fg_iou" not in twin.user_attrs
-
-
-def test_promotion_rule():
-    losses = np.array([[0.1, 5], [0.2, 3], [0.3, 1], [0.25, 4], [0.4, 6]])
-    assert non_dominated_ranks(losses).tolist() == [0, 0, 0, 1, 2]
-    assert set(promotion_order(losses)[:3].tolist()) == {0, 1, 2}  # the front first
-    assert [is_promoted(i, losses, 2) for i in range(5)] == [True, False, True, False, False]
-    assert is_promoted(0, losses[:1], 3)  # alone at a rung: best so far, goes on
 
 
 def test_multi_fidelity_promotes_and_stops_as_specified(tmp_path):

@@ -1,61 +1,54 @@
-"""Successive halving for a multi-objective study.
+"""Asynchronous successive halving for a multi-objective study.
 
 Optuna's pruners rank trials by one intermediate value, and ``Trial.report`` raises in
 multi-objective studies. Here a candidate that finishes a rung is compared with every
-candidate that finished the same rung so far, on (accuracy at that rung, costs): they are
-ordered by non-dominated rank, then by crowding distance (NSGA-II's order, which keeps the
-front spread out rather than only its most accurate end). The candidate goes on to the next
-rung if it is among the first max(1, n // reduction_factor) of the n, as Optuna's
-SuccessiveHalvingPruner does for one objective.
+candidate that finished the same rung so far, on (accuracy at that rung, costs), and goes on
+to the next rung if it is among the best max(1, n // reduction_factor) of the n, as in
+asynchronous successive halving (ASHA) and its multi-objective form (MO-ASHA, Schmucker et
+al. 2021).
+
+"Best" is an order over the finishers that does not depend on when they finished:
+
+1. non-dominated rank (moocore's ``pareto_rank``): a candidate that dominates another is
+   always ranked above it;
+2. within one front, the hypervolume that the point alone adds to its front (moocore's
+   ``hv_contributions``), with every objective scaled to [0, 1] over the rung's finishers
+   and the reference point just beyond the worst of each. Unlike NSGA-II's crowding
+   distance, which gives every extreme of every objective the same infinite value (with three
+   objectives most of a front), it separates almost every pair of points.
+
+The candidate's place is the number of finishers strictly ahead of it in that order: equals
+do not push it down, so ties go to the candidate, as ASHA promotes a newcomer that matches
+the k-th best. Which of several equal earlier finishers went on is therefore never decided by
+trial number.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from lightseg_nas.search.pareto import front_contributions, non_dominated_ranks
 
-def non_dominated_ranks(losses: np.ndarray) -> np.ndarray:
-    """Rank 0 = the front; every objective is minimised. O(n^2) per front; n is small."""
-    n = len(losses)
-    ranks = np.full(n, -1)
-    remaining = np.arange(n)
-    rank = 0
-    while remaining.size:
-        sub = losses[remaining]
-        dominated = np.array(
-            [np.any(np.all(sub <= sub[i], axis=1) & np.any(sub < sub[i], axis=1)) for i in range(len(sub))]
-        )
-        ranks[remaining[~dominated]] = rank
-        remaining = remaining[dominated]
-        rank += 1
-    return ranks
-
-
-def crowding_distances(losses: np.ndarray) -> np.ndarray:
-    n, m = losses.shape
-    distance = np.zeros(n)
-    if n <= 2:
-        return np.full(n, np.inf)
-    for j in range(m):
-        order = np.argsort(losses[:, j], kind="stable")
-        spread = losses[order[-1], j] - losses[order[0], j]
-        distance[order[0]] = distance[order[-1]] = np.inf
-        if spread > 0:
-            distance[order[1:-1]] += (losses[order[2:], j] - losses[order[:-2], j]) / spread
-    return distance
+def places_ahead(losses: np.ndarray) -> np.ndarray:
+    """For each row, how many rows are strictly better: a lower rank, or the same rank and a
+    larger contribution to that front (up to floating-point noise)."""
+    ranks = non_dominated_ranks(losses)
+    contribution = front_contributions(losses)
+    tolerance = 1e-12 * max(1.0, float(np.max(contribution, initial=0.0)))
+    better_rank = ranks[None, :] < ranks[:, None]
+    better_within = (ranks[None, :] == ranks[:, None]) & (contribution[None, :] > contribution[:, None] + tolerance)
+    return (better_rank | better_within).sum(axis=1)
 
 
 def promotion_order(losses: np.ndarray) -> np.ndarray:
-    """Indices from most to least deserving: by front, then by crowding within a front."""
-    ranks = non_dominated_ranks(losses)
-    crowding = np.zeros(len(losses))
-    for rank in np.unique(ranks):
-        members = np.flatnonzero(ranks == rank)
-        crowding[members] = crowding_distances(losses[members])
-    return np.lexsort((-crowding, ranks))
+    """Indices from most to least deserving (equals in input order; the rule itself never
+    uses that order: see ``is_promoted``)."""
+    return np.argsort(places_ahead(losses), kind="stable")
 
 
 def is_promoted(candidate: int, losses: np.ndarray, reduction_factor: int) -> bool:
-    """Whether row ``candidate`` of ``losses`` (all finishers of one rung) goes on."""
+    """Whether row ``candidate`` of ``losses`` (all finishers of one rung, the candidate
+    included) goes on: fewer than max(1, n // reduction_factor) finishers are ahead of it."""
+    losses = np.asarray(losses, dtype=float)
     places = max(1, len(losses) // reduction_factor)
-    return bool(candidate in promotion_order(losses)[:places])
+    return bool(places_ahead(losses)[candidate] < places)

@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from lightseg_nas.search.fidelity import non_dominated_ranks
+from lightseg_nas.search.pareto import hypervolume, non_dominated_ranks
 from lightseg_nas.search.proxies import PROXIES
 from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.study_file import COST_ATTRS as COST_COLUMNS  # objective -> trials.csv column
@@ -138,8 +138,6 @@ def hypervolume_history(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFr
     Accuracy is taken as 1 - fg IoU; each cost is divided by the largest value seen; the
     reference point is 1.1 in every normalised objective.
     """
-    from optuna._hypervolume import compute_hypervolume  # Optuna's own WFG implementation
-
     done = frame[(frame.state == "COMPLETE") & frame.full_fidelity & frame.duplicate_of.isna()].sort_values("number")
     columns = [COST_COLUMNS[o] for o in objectives[1:]]
     scale = [float(done[c].max()) if len(done) else 1.0 for c in columns]
@@ -148,7 +146,7 @@ def hypervolume_history(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFr
         row = done[done.number == number]
         if len(row):
             points.append([1 - float(row.val_fg_iou.iloc[0])] + [float(row[c].iloc[0]) / s for c, s in zip(columns, scale)])
-        volume = compute_hypervolume(np.array(points), np.full(len(columns) + 1, 1.1)) if points else 0.0
+        volume = hypervolume(np.array(points), 1.1)
         history.append({"number": number, "hypervolume": volume})
     return pd.DataFrame(history)
 
