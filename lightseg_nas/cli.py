@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from lightseg_nas.errors import FieldError, UserError, install_stop_handlers
+from lightseg_nas.progress import lines_to_stderr
 from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, LOSSES, RECIPES, CompressSettings, SupernetSettings, TrainSettings, default_text
 
 if TYPE_CHECKING:
@@ -269,6 +270,19 @@ def measure(
 SizeOption = typer.Option(None, "--size", help=f"Input height and width, a multiple of {INPUT_MULTIPLE}.", show_default="the size the model was trained at; 224 for released weights")
 ThreadsOption = typer.Option(None, "--threads", help="CPU threads.", show_default="the cores this process may use")
 DataOption = typer.Option("synthetic", "--data", help="Dataset: eg1800:PATH (either public layout) or synthetic[:count=N,seed=S].")
+# eval and compress: the data the model file was trained on, unless --data says otherwise
+ModelDataOption = typer.Option(
+    None, "--data", help="Dataset: eg1800:PATH (either public layout) or synthetic[:count=N,seed=S].",
+    show_default="the data the model file records (synthetic for released weights)",
+)
+
+
+def _model_data(data: Optional[str], record: Optional[dict]) -> str:
+    if data is not None:
+        return data
+    recorded = ((record or {}).get("data") or {}).get("spec")
+    return recorded if isinstance(recorded, str) and recorded else "synthetic"
+
 ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val'.", show_default=f"{default_text(TrainSettings, 'val_fraction')}, or the model file's")
 ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images.", show_default=f"{default_text(TrainSettings, 'val_seed')}, or the model file's")
 ChannelsLastOption = typer.Option(
@@ -284,7 +298,7 @@ CompileOption = typer.Option(
 def train(
     config: Optional[Path] = typer.Argument(None, help="Network config JSON (from export); or use --preset."),
     preset: Optional[str] = PresetOption,
-    data: str = DataOption,
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset: eg1800:PATH (either public layout) or synthetic[:count=N,seed=S].", show_default="synthetic; with --resume, the checkpoint's"),
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt at the end, checkpoint.pt after each epoch."),
     classes: Optional[int] = ClassesOption,
     recipe: Optional[str] = typer.Option(None, "--recipe", help=f"Start from a named training recipe ({', '.join(sorted(RECIPES))}; see the README); options given here override its values."),
@@ -321,13 +335,24 @@ def train(
     (the model file records the teacher)."""
     from lightseg_nas.train import settings_from, train_to_file
 
-    network = _network(preset, config, None, None, classes)
-    settings = settings_from(
-        recipe=recipe, loss=_value(loss), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
+    from lightseg_nas.train import resume_defaults
+
+    lines_to_stderr(as_json)
+    # --resume: the network, data and settings the checkpoint records, unless given here
+    stored_config, stored_data, stored = resume_defaults(out) if resume else (None, None, {})
+    if stored_config is not None and preset is None and config is None:
+        network = stored_config if classes is None else stored_config.model_copy(update={"num_classes": classes})
+    else:
+        network = _network(preset, config, None, None, classes)
+    given = dict(
+        loss=_value(loss), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
         seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
         preprocessing=_value(preprocessing), max_steps=max_steps, device=device, channels_last=channels_last, compile=compile_,
         teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
     )
+    stored = {k: v for k, v in stored.items() if k != "recipe"} | ({"recipe": stored["recipe"]} if stored.get("recipe") and recipe is None else {})
+    settings = settings_from(recipe=recipe, **{**stored, **{k: v for k, v in given.items() if v is not None}})
+    data = data or stored_data or "synthetic"
     _set_threads(threads)
     record = train_to_file(network, data, out, settings, resume=resume, progress=progress, teacher_weights=teacher_weights)
     metrics = {
@@ -375,6 +400,7 @@ def supernet_command(
     recalibrated batch norm: a study chooses it with [fidelity] mode = "supernet"."""
     from lightseg_nas.settings import parse_options
     from lightseg_nas.supernet import train_supernet
+    lines_to_stderr(as_json)
 
     settings = parse_options(SupernetSettings, dict(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=_value(loss), size=size, seed=seed, augment=augment,
@@ -400,7 +426,7 @@ def eval_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The model file, as an option (same as MODEL)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="A published network, with --weights."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="The released state_dict for --preset."),
-    data: str = DataOption,
+    data: Optional[str] = ModelDataOption,
     split: str = typer.Option("val", help="train, val (carved from the training list), trainval, test, ..."),
     size: Optional[int] = SizeOption,
     val_fraction: Optional[float] = ValFractionOption,
@@ -419,21 +445,22 @@ def eval_command(
     fraction = val_fraction if val_fraction is not None else training.get("val_fraction", 0.1)
     carve_seed = val_seed if val_seed is not None else training.get("val_seed", 0)
     size, source = (size, "--size") if size is not None else recorded_size(record)
-    metrics = evaluate_network(model, preprocessing, data, split, size, fraction, carve_seed)
+    metrics = evaluate_network(model, preprocessing, _model_data(data, record), split, size, fraction, carve_seed)
     if as_json:
         _print_json({**metrics, "size_source": source})
         return
     typer.echo(f"{metrics['data']}, {metrics['n_images']} images at {size}x{size} ({source})")
-    typer.echo(f"fg_iou      {100 * metrics['fg_iou']:.2f}  (foreground IoU per image, averaged: the papers' mIoU)")
-    typer.echo(f"miou        {100 * metrics['miou']:.2f}  (background and foreground IoU over the whole set, averaged)")
-    typer.echo(f"boundary_f  {100 * metrics['boundary_f']:.2f}  (boundary F-score, 2-pixel tolerance)")
+    typer.echo(f"fg_iou      {100 * metrics['fg_iou']:.2f}%  (foreground IoU per image, averaged: the papers' mIoU)")
+    typer.echo(f"miou        {100 * metrics['miou']:.2f}%  (background and foreground IoU over the whole set, averaged)")
+    typer.echo(f"boundary_f  {100 * metrics['boundary_f']:.2f}%  (boundary F-score, 2-pixel tolerance)")
 
 
 @app.command()
 @user_errors
 def predict(
-    model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file written by train or compress."),
-    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Images of any size."),
+    arguments: list[Path] = typer.Argument(..., metavar="[MODEL] IMAGE...", help="A model file written by train or compress (or use --preset with --weights), then images of any size."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A published network, with --weights (instead of MODEL)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="The released state_dict for --preset."),
     out: Path = typer.Option(..., "--out", help="Folder for NAME_mask.png and NAME_preview.jpg."),
     size: Optional[int] = SizeOption,
     preview: Preview = typer.Option(Preview.blur, help="Blur or replace the background in the preview."),
@@ -442,8 +469,11 @@ def predict(
     """Write each image's mask and a preview with the background blurred or replaced."""
     from lightseg_nas.inference import load_network, predict_images, recorded_size
 
+    model_file, images = (None, arguments) if preset is not None else (arguments[0], arguments[1:])
+    if not images:
+        raise UserError("give the images to segment after MODEL (or use --preset NAME --weights FILE IMAGE...)")
     _set_threads(threads)
-    model, preprocessing, record = load_network(model_file)
+    model, preprocessing, record = load_network(model_file, preset, weights)
     size, source = (size, "--size") if size is not None else recorded_size(record)
     written = predict_images(model, preprocessing, images, out, size, preview.value)
     typer.echo(f"wrote {len(written)} files to {out} (network input {size}x{size}: {source})")
@@ -479,7 +509,7 @@ def compress(
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Prune -> fine-tune rounds; targets fall geometrically.", show_default=default_text(CompressSettings, "steps")),
     epochs_per_step: Optional[int] = typer.Option(None, "--epochs-per-step", help="Fine-tuning epochs after each pruning.", show_default=default_text(CompressSettings, "epochs_per_step")),
-    data: str = DataOption,
+    data: Optional[str] = ModelDataOption,
     out: Path = typer.Option(..., "--out", help="The model file to write (OUT.partial holds the finished steps meanwhile)."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fine-tuning (warm-up then cosine, per step).", show_default=default_text(CompressSettings, "lr")),
     batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default=default_text(CompressSettings, "batch_size")),
@@ -506,6 +536,7 @@ def compress(
     file whose config rebuilds the pruned network (export it, train it, eval it, onnx it).
     """
     from lightseg_nas.compress import compress_to_file, format_row, settings_from
+    lines_to_stderr(as_json)
 
     if (target_params is None) == (target_macs is None):
         raise UserError("give exactly one of --target-params N or --target-macs N")
@@ -542,16 +573,9 @@ StudyNameOption = typer.Option(None, "--study-name", help="Study name in the sto
 
 
 def _derived_folder(study_file, study_name: Optional[str], kind: str) -> Path:
-    """STEM-report / STEM-export beside the study file (STEM-NAME-... for --study-name):
-    named after the file, so two study files in one folder never share a folder."""
-    import re
+    from lightseg_nas.search.study_file import derived_folder
 
-    from lightseg_nas.search.study_file import STUDY_NAME_PATTERN
-
-    if study_name is not None and not re.match(STUDY_NAME_PATTERN, study_name):
-        raise UserError(f"--study-name {study_name!r}: use letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit")
-    stem = study_file.path.stem if study_file.path else study_file.study.name
-    return study_file.folder / (f"{stem}-{study_name}-{kind}" if study_name else f"{stem}-{kind}")
+    return derived_folder(study_file, kind, study_name)
 
 
 def _print_report(report, folder: Path) -> None:
@@ -588,6 +612,10 @@ def search(
         _set_threads(threads)
     study_file = load_study_file(study)
     folder = _derived_folder(study_file, study_name, "report")
+    if report:
+        from lightseg_nas.search.report import check_report_folder
+
+        check_report_folder(folder)
     try:
         if workers > 1:
             from lightseg_nas.search.runner import run_workers
@@ -602,7 +630,7 @@ def search(
 
     typer.echo(f"study {result.study_name!r}: {len(result.trials)} trials in {redact(study_file.storage_url(storage))}")
     if report:
-        _print_report(write_report(result, folder), folder)
+        _print_report(write_report(result, folder, study_file=study_file), folder)
 
 
 @app.command("report")
@@ -616,11 +644,12 @@ def report_command(
 ):
     """Write Pareto fronts (HTML, PNG), hypervolume over trials, trials.csv and summary.md."""
     from lightseg_nas.search import load_study_file, open_study, write_report
+    from lightseg_nas.search.report import check_report_folder
 
-    study_file = load_study_file(study)
-    folder = out or _derived_folder(study_file, study_name, "report")
+    study_file = load_study_file(study, needs_data=False)
+    folder = check_report_folder(out or _derived_folder(study_file, study_name, "report"))
     result = open_study(study_file, storage, study_name, create=False)
-    _print_report(write_report(result, folder, png=png), folder)
+    _print_report(write_report(result, folder, png=png, study_file=study_file), folder)
 
 
 @app.command()
@@ -635,14 +664,18 @@ def export(
     study_name: Optional[str] = StudyNameOption,
 ):
     """Write chosen architectures as config files that lightseg-nas train takes as they are."""
+    from lightseg_nas.checks import check_output_dir
     from lightseg_nas.search import choose_trials, export_trials, load_study_file, open_study
+    from lightseg_nas.search.export import fidelity_note
 
-    study_file = load_study_file(study)
-    folder = out or _derived_folder(study_file, study_name, "export")
+    study_file = load_study_file(study, needs_data=False)
+    folder = check_output_dir(out or _derived_folder(study_file, study_name, "export"))
     result = open_study(study_file, storage, study_name, create=False)
     numbers = choose_trials(result, trial, best_under_params, front)
     for number, path in zip(numbers, export_trials(result, numbers, folder)):
         typer.echo(f"trial {number} -> {path}")
+    if trial is not None and (note := fidelity_note(result, trial)):
+        typer.echo(note)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ as JSON beside it (OUT with the suffix .json) for the trainer.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from lightseg_nas import prune
-from lightseg_nas.checks import check_finite_state, check_output_file, load_state_file
+from lightseg_nas.checks import check_finite_state, check_output_file, file_lock, load_state_file
 from lightseg_nas.config import config_from_dict, to_json
 from lightseg_nas.cost import count_params
 from lightseg_nas.data import load_split
@@ -96,14 +97,14 @@ def _fine_tune_settings(settings: CompressSettings, preprocessing: dict, step: i
 def format_row(row: dict) -> str:
     return (
         f"step {row['step']}: {row['params']:>9,} params  {row['macs'] / 1e6:8.2f}M MACs  "
-        f"val fg IoU {100 * row['val_fg_iou']:6.2f}  ({row['seconds']:.0f}s)"
+        f"val fg IoU {100 * row['val_fg_iou']:6.2f}%  ({row['seconds']:.0f}s)"
     )
 
 
 def compress_to_file(
     model_path: Path,
     out: Path,
-    data_spec: str,
+    data_spec: Optional[str],
     settings: CompressSettings,
     teacher: Optional[str] = None,
     teacher_weights: Optional[Path] = None,
@@ -111,7 +112,8 @@ def compress_to_file(
     progress: bool = True,
     on_row: Callable[[dict], None] = lambda row: None,
 ) -> dict:
-    """Compress the model file ``model_path`` into the model file ``out``; return the record."""
+    """Compress the model file ``model_path`` into the model file ``out``; return the record.
+    ``data_spec`` None: the data the model file records."""
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     config_out = config_path(out)
@@ -122,6 +124,9 @@ def compress_to_file(
     if resume and not partial.exists():
         raise FieldError("resume", f"{partial}: nothing to resume; leave out {{0}} to start a new compression")
     model, record = load_model_file(model_path)
+    if data_spec is None:  # the data the model was trained on
+        recorded = (record.get("data") or {}).get("spec") if isinstance(record.get("data"), dict) else None
+        data_spec = recorded if isinstance(recorded, str) and recorded else "synthetic"
     settings = resolve_target(model, settings)
     preprocessing = record["preprocessing"]
     source_config = record["config_object"]
@@ -139,6 +144,27 @@ def compress_to_file(
             settings.kd_temperature, settings.kd_weight, settings.cwd_weight,
         )
 
+    # the lock first, then the check of what is there: a second compression into the same
+    # OUT started meanwhile is refused instead of overwriting the first one's steps
+    lock = out.with_name(out.name + ".lock")
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(file_lock(lock))
+        except BlockingIOError:
+            raise FieldError("out", f"{out}: another compression is writing it; wait for it or choose another {{0}}") from None
+        held.callback(lock.unlink, missing_ok=True)  # removed while still held: nothing is left behind
+        if out.exists() or (partial.exists() != resume):
+            raise FieldError("out", f"{out}: another compression wrote here meanwhile; choose another {{0}}")
+        return _compress_locked(
+            model, record, model_path, out, partial, config_out, data_spec, settings, preprocessing, source_config,
+            distiller, distiller_parts, current, floor, device, train_data, val_data, resume, progress, on_row,
+        )
+
+
+def _compress_locked(
+    model, record, model_path, out, partial, config_out, data_spec, settings, preprocessing, source_config,
+    distiller, distiller_parts, current, floor, device, train_data, val_data, resume, progress, on_row,
+) -> dict:
     rows, histories = [], []
     if resume and partial.exists():
         state = load_state_file(partial, "partial compression")
@@ -199,7 +225,7 @@ def compress_to_file(
             "source": str(model_path),
             "source_arch_id": record["arch_id"],
             "source_config": source_config.model_dump(mode="json"),
-            "teacher": teacher_description if distiller_parts is not None else None,
+            "teacher": distiller_parts[2] if distiller_parts is not None else None,
             "mac_counter": MAC_COUNTER,
             "floor": floor,
             "settings": settings.model_dump(),

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lightseg_nas.progress import log_line, percent
+
 import search_spaces
 from lightseg_nas.checks import check_finite_state, check_output_dir, folder_lock, load_state_file
 from lightseg_nas.data import SegmentationData, load_split, split_fingerprint
@@ -112,6 +114,13 @@ def train_supernet(
     train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
     val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
     with folder_lock(out_dir, "supernet training"):
+        # checked again under the lock: another run may have finished or started meanwhile
+        if final.exists() and not checkpoint.exists() or (checkpoint.exists() and not resume) or (resume and not checkpoint.exists()):
+            raise FieldError("out", f"{out_dir}: another supernet training wrote here meanwhile; choose another {{0}}")
+        if resume:  # the checkpoint as it is now, under the lock
+            state = load_state_file(checkpoint, "checkpoint")
+            if state.get("settings") != settings.model_dump() | {"space": space, "num_classes": num_classes}:
+                raise UserError(f"{checkpoint}: was started with other settings; choose another --out or the same options")
         return _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preprocessing, train_data, val_data, state, progress)
 
 
@@ -168,7 +177,11 @@ def _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preproc
             metrics = score(supernet, config, recalibration, val_data, preprocessing)
             row.update({f"val_{name}_{k}": v for k, v in metrics.items()})
         history.append(row)
-        epochs.set_postfix(loss=f"{row['loss']:.3f}", largest=f"{100 * row['val_largest_fg_iou']:.1f}", smallest=f"{100 * row['val_smallest_fg_iou']:.1f}")
+        epochs.set_postfix(loss=f"{row['loss']:.3f}", largest=percent(row["val_largest_fg_iou"]), smallest=percent(row["val_smallest_fg_iou"]))
+        log_line(
+            progress, f"supernet epoch {epoch + 1}/{settings.epochs}: loss {row['loss']:.3f}, validation fg IoU "
+            f"{percent(row['val_largest_fg_iou'])} (largest), {percent(row['val_smallest_fg_iou'])} (smallest), {row['seconds']:.0f}s",
+        )
         save_record({"model": supernet.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history, "settings": tagged}, checkpoint)
     check_finite_state(supernet.state_dict(), "the trained supernet")
     record = {

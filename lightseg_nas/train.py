@@ -45,6 +45,24 @@ def settings_from(recipe: Optional[str] = None, **values) -> TrainSettings:
     return settings
 
 
+def resume_defaults(out_dir: Path) -> tuple[Optional[object], Optional[str], dict]:
+    """(network config, data spec, settings) recorded in OUT/checkpoint.pt, for a
+    ``--resume`` that repeats none of the options; Nones and {} where there is none."""
+    from lightseg_nas.config import config_from_dict
+
+    checkpoint = Path(out_dir) / "checkpoint.pt"
+    if not checkpoint.is_file():
+        return None, None, {}
+    state = load_state_file(checkpoint, "checkpoint")
+    settings = state.get("settings")
+    if not isinstance(settings, dict):
+        raise UserError(f"{checkpoint}: a damaged checkpoint (settings: {type(settings).__name__}, not a table); delete it to start again")
+    config = state.get("config")
+    config = config_from_dict(config, f"{checkpoint} (config)") if isinstance(config, dict) else None
+    data = state.get("data_spec") if isinstance(state.get("data_spec"), str) else None
+    return config, data, settings
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,6 +111,7 @@ def fit(
     checkpoint: Optional[Path] = None,
     resume: bool = False,
     progress: bool = True,
+    checkpoint_extra: Optional[dict] = None,
     extra_loss: Optional[Callable] = None,
     on_epoch: Optional[Callable[[dict], None]] = None,
 ) -> list[dict]:
@@ -103,6 +122,8 @@ def fit(
     after every epoch, and ``resume`` continues from it.
     """
     from tqdm import tqdm
+
+    from lightseg_nas.progress import log_line, percent
 
     device = resolve_device(settings.device)
     model.to(device).train()
@@ -182,7 +203,8 @@ def fit(
                 **{f"val_{k}": v for k, v in metrics.items()},
             }
             history.append(row)
-            epochs.set_postfix(loss=f"{row['loss']:.3f}", val_fg_iou=f"{100 * metrics['fg_iou']:.2f}")
+            epochs.set_postfix(loss=f"{row['loss']:.3f}", val_fg_iou=percent(metrics["fg_iou"]))
+            log_line(progress, f"epoch {epoch + 1}/{settings.epochs}: loss {row['loss']:.3f}, validation fg IoU {percent(metrics['fg_iou'])}, {row['seconds']:.0f}s")
             if checkpoint is not None:
                 state = {
                     "model": model.state_dict(),
@@ -190,6 +212,7 @@ def fit(
                     "scheduler": scheduler.state_dict(),
                     "history": history,
                     "settings": settings.model_dump(),
+                    **(checkpoint_extra or {}),
                 }
                 save_record(state, checkpoint)
             if on_epoch is not None:
@@ -272,7 +295,9 @@ def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessin
     if init_state is not None:
         model.load_state_dict(init_state)
     try:
-        history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress, extra_loss=distiller)
+        # the checkpoint names its network and data too: --resume needs nothing repeated
+        extra = {"config": config.model_dump(mode="json"), "data_spec": data_spec}
+        history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress, extra_loss=distiller, checkpoint_extra=extra)
     except FloatingPointError as error:
         raise UserError(diverged_message(error, checkpoint)) from None
     check_finite_state(model.state_dict(), "the trained network")

@@ -173,8 +173,9 @@ def test_a_report_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
     folder = tmp_path / "tiny-report"
     folder.mkdir()
     (folder / "stale.html").write_text("from an older report")
+    (folder / "summary.md").write_text("an older report, from before reports were marked")
     written = write_report(study, folder, png=False)
-    assert not (folder / "stale.html").exists() and set(written) == set(folder.iterdir())
+    assert not (folder / "stale.html").exists() and set(written) | {folder / report.REPORT_MARK} == set(folder.iterdir())
     html = (folder / "pareto_params.html").read_text()
     assert 'src="plotly.min.js"' in html and "cdn.plot.ly" not in html and (folder / "plotly.min.js").stat().st_size > 1_000_000
     before = {p.name: p.read_bytes() for p in folder.iterdir()}

@@ -37,7 +37,8 @@ def choose_trials(study: optuna.Study, trial: int | None = None, max_params: int
         return chosen.number.tolist()
     under = eligible[eligible.params <= max_params]
     if under.empty:
-        raise UserError(f"no full-fidelity trial of study {study.study_name!r} has at most {max_params} parameters")
+        smallest = f"the smallest has {int(eligible.params.min()):,}" if len(eligible) else "none has reached full fidelity yet"
+        raise UserError(f"no full-fidelity trial of study {study.study_name!r} has at most {max_params} parameters ({smallest})")
     return [int(under.sort_values("val_fg_iou", ascending=False).number.iloc[0])]
 
 
@@ -52,3 +53,17 @@ def export_trials(study: optuna.Study, numbers: list[int], out: Path) -> list[Pa
             raise UserError(f"trial {number}: the recorded config does not match its recorded arch id")
         configs.append(config)
     return [atomic_write_text(Path(out) / f"{arch_id(c)}.json", to_json(c)) for c in configs]
+
+
+def fidelity_note(study: optuna.Study, number: int) -> str:
+    """What to know about exporting one trial: empty for a full-fidelity trial, else that it
+    stopped at a lower rung (its accuracy is from fewer epochs: not comparable with the front)."""
+    frame = trials_dataframe(study)
+    row = frame[frame.number == number]
+    if row.empty or bool(row.full_fidelity.iloc[0]) or row.state.iloc[0] != TrialState.COMPLETE.name:
+        return ""
+    rungs = len(study.user_attrs.get("rungs", [None]))
+    return (
+        f"note: trial {number} stopped at rung {int(row.fidelity.iloc[0])} of {rungs} ({int(row.epochs.iloc[0])} epochs): "
+        "its accuracy is not comparable with the full-fidelity front"
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 import shutil
 import tempfile
 from pathlib import Path
@@ -88,44 +89,87 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     return frame
 
 
-def pareto_figure(frame: pd.DataFrame, cost: str, title: str = "") -> go.Figure:
-    """Validation fg IoU against one cost; front in colour, dominated faded, baselines marked."""
+@dataclass(frozen=True)
+class Labels:
+    """What the axes and titles say about the study: its data and its latency reference."""
+
+    data: str = ""  # the data spec; "synthetic..." is said on every plot
+    reference: str = "the reference preset"
+    backend: str = ""
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data.startswith("synthetic")
+
+    def cost(self, cost: str) -> str:
+        if cost == "latency":
+            return f"latency ratio to {self.reference}" + (f" ({self.backend}, timed side by side)" if self.backend else " (timed side by side)")
+        return COST_LABELS[cost]
+
+    @classmethod
+    def of(cls, study_file) -> "Labels":
+        if study_file is None:
+            return cls()
+        return cls(data=study_file.data.spec, reference=study_file.cost.reference, backend=study_file.cost.backend)
+
+
+def _hover(frame: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Per point: trial, arch id, params, latency ratio, fidelity (rung and epochs)."""
+    data = np.column_stack([
+        frame.number.astype(str), frame.arch_id.fillna("?").astype(str), frame.params.map(lambda v: f"{v:,.0f}" if pd.notna(v) else "?"),
+        frame.latency_ratio.map(lambda v: f"{v:.2f}x" if pd.notna(v) else "not measured"),
+        [f"rung {int(f)}, {int(e)} epochs" if pd.notna(f) and pd.notna(e) else "?" for f, e in zip(frame.fidelity, frame.epochs)],
+    ]) if len(frame) else np.zeros((0, 5))
+    template = (
+        "trial %{customdata[0]}, arch %{customdata[1]}<br>val fg IoU %{y:.2f}%<br>%{customdata[2]} parameters<br>"
+        "latency %{customdata[3]}<br>fidelity: %{customdata[4]}<extra></extra>"
+    )
+    return data, template
+
+
+def _points(figure: go.Figure, frame: pd.DataFrame, column: str, name: str, marker: dict, mode: str = "markers", **extra) -> None:
+    """A scatter trace, left out when it has no point (no legend entry that draws nothing)."""
+    if frame.empty:
+        return
+    customdata, template = _hover(frame)
+    figure.add_trace(go.Scatter(x=frame[column], y=100 * frame.val_fg_iou, mode=mode, name=name, marker=marker, customdata=customdata, hovertemplate=template, **extra))
+
+
+def pareto_figure(frame: pd.DataFrame, cost: str, title: str = "", labels: Labels = Labels()) -> go.Figure:
+    """Validation fg IoU against one cost; front in colour, dominated faded, trials stopped at
+    a lower rung drawn apart (their accuracy is from fewer epochs and is not comparable),
+    baselines marked."""
     column = COST_COLUMNS[cost]
     done = frame[(frame.state == "COMPLETE") & frame[column].notna()]
     figure = go.Figure()
-    faded = done[~done.on_front & done.baseline.isna()]
-    figure.add_trace(
-        go.Scatter(
-            x=faded[column], y=100 * faded.val_fg_iou, mode="markers", name="dominated or lower fidelity",
-            marker=dict(color="lightgray", size=7), text=faded.number.map(lambda n: f"trial {n}"),
-        )
-    )
-    front = done[done.on_front]
-    figure.add_trace(
-        go.Scatter(
-            x=front[column], y=100 * front.val_fg_iou, mode="markers", name="Pareto front, all objectives (full fidelity)",
-            marker=dict(color="#1f77b4", size=10), text=front.number.map(lambda n: f"trial {n}"),
-        )
-    )
+    others = done[~done.on_front & done.baseline.isna()]
+    lower = others[~others.full_fidelity.astype(bool)]
+    _points(figure, lower, column, "stopped at a lower rung (fewer epochs: not comparable)", dict(color="lightgray", size=7, symbol="circle-open"))
+    _points(figure, others[others.full_fidelity.astype(bool)], column, "full fidelity, dominated", dict(color="#9ecae1", size=8))
+    _points(figure, done[done.on_front], column, "Pareto front, all objectives (full fidelity)", dict(color="#1f77b4", size=10))
     # The front of this panel's two objectives alone, as a line (the all-objective front
     # zigzags when drawn against a single cost).
     eligible = done[done.full_fidelity & done.duplicate_of.isna()]
-    if len(eligible):
+    if len(eligible) > 1:
         ranks = non_dominated_ranks(np.column_stack([-eligible.val_fg_iou.to_numpy(float), eligible[column].to_numpy(float)]))
         line = eligible[ranks == 0].sort_values(column)
-        figure.add_trace(
-            go.Scatter(x=line[column], y=100 * line.val_fg_iou, mode="lines", name=f"front of fg IoU and {cost}", line=dict(dash="dot", color="#1f77b4"))
-        )
-    for name, group in done[done.baseline.notna()].groupby("baseline"):
-        figure.add_trace(
-            go.Scatter(
-                x=group[column], y=100 * group.val_fg_iou, mode="markers+text", name=f"published: {name}",
-                marker=dict(symbol="star", size=16, color="#d62728"), text=[name] * len(group), textposition="top center",
+        if len(line) > 1:
+            figure.add_trace(
+                go.Scatter(x=line[column], y=100 * line.val_fg_iou, mode="lines", name=f"front of fg IoU and {cost}", line=dict(dash="dot", color="#1f77b4"), hoverinfo="skip")
             )
+    for name, group in done[done.baseline.notna()].groupby("baseline"):
+        _points(
+            figure, group, column, f"published: {name}", dict(symbol="star", size=16, color="#d62728"), mode="markers+text",
+            text=[name] * len(group), textposition="top center",
         )
+    mixed = (~done.full_fidelity.astype(bool)).any() and done.full_fidelity.astype(bool).any()
+    data = " (synthetic data)" if labels.synthetic else ""
     figure.update_layout(
-        title=title or f"validation fg IoU against {COST_LABELS[cost]}",
-        xaxis_title=COST_LABELS[cost], yaxis_title="validation foreground IoU (%)", template="plotly_white",
+        title=(title or f"validation fg IoU against {labels.cost(cost)}") + data,
+        xaxis_title=labels.cost(cost),
+        yaxis_title="validation foreground IoU (%)" + (", at the rung each trial reached" if mixed else ""),
+        template="plotly_white", legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+        margin=dict(b=140),
     )
     if cost in ("params", "macs"):
         figure.update_xaxes(type="log")
@@ -151,11 +195,14 @@ def hypervolume_history(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFr
     return pd.DataFrame(history)
 
 
-def hypervolume_figure(history: pd.DataFrame) -> go.Figure:
-    figure = go.Figure(go.Scatter(x=history.number, y=history.hypervolume, mode="lines+markers"))
+def hypervolume_figure(history: pd.DataFrame, labels: Labels = Labels()) -> go.Figure:
+    figure = go.Figure(go.Scatter(x=history.number, y=history.hypervolume, mode="lines+markers", name="hypervolume"))
+    values = history.hypervolume.to_numpy(float)
+    low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+    pad = max(1e-3, 0.05 * (high - low))
     figure.update_layout(
-        title="hypervolume of the full-fidelity front over trials (normalised objectives)",
-        xaxis_title="trial", yaxis_title="hypervolume", template="plotly_white",
+        title="hypervolume of the full-fidelity front over trials (normalised objectives)" + (" (synthetic data)" if labels.synthetic else ""),
+        xaxis_title="trial", yaxis_title="hypervolume", template="plotly_white", yaxis_range=[low - pad, high + pad],
     )
     return figure
 
@@ -173,7 +220,9 @@ def proxy_correlations(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFrame, png_note: str, figures: list[str]) -> str:
+def _summary(
+    study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFrame, png_note: str, figures: list[str], labels: Labels = Labels(), pngs: list[str] = ()
+) -> str:
     objectives = study.user_attrs.get("objectives", [])
     counts = frame.state.value_counts().to_dict() if len(frame) else {}
     front = frame[frame.on_front].sort_values("params")
@@ -194,6 +243,8 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFram
         "",
         f"Space `{study.user_attrs.get('space')}`, objectives: maximise {objectives[0] if objectives else 'val_fg_iou'}"
         f" (validation foreground IoU per image, averaged), minimise {', '.join(objectives[1:])}.",
+        *([f"Data: `{labels.data}`" + (" (**synthetic** portraits: these figures say nothing about real photos)." if labels.synthetic else ".")] if labels.data else []),
+        *([f"Latency: ratio to {labels.reference} timed side by side" + (f" on {labels.backend}" if labels.backend else "") + " (latency_ratio)."] if "latency" in objectives else []),
         f"Trials: {len(frame)} ({', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))}); "
         f"{int(frame.infeasible.sum())} over budget (not trained), {int(frame.duplicate_of.notna().sum())} duplicates (not trained again), "
         f"{int((frame.state == 'COMPLETE').sum() - frame.full_fidelity.sum())} stopped at a lower rung.",
@@ -209,6 +260,7 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, correlations: pd.DataFram
             "The table of trials and their reasons is in trials.csv.",
             "",
         ] if not (frame.state == "COMPLETE").any() else []),
+        *(["## Plots", "", *[f"![{name}]({name}.png)" for name in pngs], ""] if pngs else []),
         "## Pareto front (complete, full-fidelity trials)",
         "",
         table.to_markdown(index=False) if len(table) else "(no full-fidelity trial yet)",
@@ -255,17 +307,41 @@ class Report(list):
     note: str = ""
 
 
-def write_report(study: optuna.Study, out: Path, png: bool = True) -> Report:
+def figure_html(figure: go.Figure, name: str, static: bool) -> str:
+    """A page that draws the interactive plot with plotly.min.js beside it, and shows the
+    static NAME.png instead where that script is absent (a clone: plotly.js is not kept in
+    git) or cannot run, so a committed report never opens blank."""
+    plot = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{name}", default_width="900px", default_height="650px")
+    fallback = (
+        f'<div id="static-{name}"><img src="{name}.png" alt="{name}" style="max-width:100%">'
+        "<p><small>Static image: the interactive plot needs plotly.min.js beside this file, which "
+        "<code>lightseg-nas report</code> writes (it is not kept in git).</small></p></div>"
+    ) if static else ""
+    swap = (
+        f'<script>if (window.Plotly) {{ document.getElementById("static-{name}").remove(); }} '
+        f'else {{ document.getElementById("plot-{name}").remove(); }}</script>'
+    ) if static else ""
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{name}</title>'
+        f'<script src="plotly.min.js"></script></head><body>\n{fallback}\n{plot}\n{swap}\n</body></html>\n'
+    )
+
+
+def write_report(study: optuna.Study, out: Path, png: bool = True, study_file=None) -> Report:
     """Write the report folder as a whole: built beside it, then swapped in, so a reader
-    never sees old and new files mixed and a failure leaves the old report as it was."""
-    out = Path(out)
+    never sees old and new files mixed and a failure leaves the old report as it was.
+    ``study_file`` (optional) names the data and the latency reference on the plots."""
+    out = check_report_folder(Path(out))
+    labels = Labels.of(study_file)
     frame = trials_dataframe(study)
     objectives = study.user_attrs.get("objectives", ["val_fg_iou", "params"])
     completed = frame[frame.state == "COMPLETE"]
-    figures = {f"pareto_{cost}": pareto_figure(frame, cost) for cost in COST_COLUMNS if completed[COST_COLUMNS[cost]].notna().any()}
+    figures = {
+        f"pareto_{cost}": pareto_figure(frame, cost, labels=labels) for cost in COST_COLUMNS if completed[COST_COLUMNS[cost]].notna().any()
+    }
     history = hypervolume_history(frame, objectives)
     if len(completed):
-        figures["hypervolume"] = hypervolume_figure(history)
+        figures["hypervolume"] = hypervolume_figure(history, labels)
     png_note = (_png_available() if png else "PNG export not asked for (--no-png).") if figures else ""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -276,19 +352,21 @@ def write_report(study: optuna.Study, out: Path, png: bool = True) -> Report:
             (staging / "plotly.min.js").write_text(get_plotlyjs())
             names.append("plotly.min.js")
         for name, figure in figures.items():
-            (staging / f"{name}.html").write_text(figure.to_html(include_plotlyjs="plotly.min.js"))
-            names.append(f"{name}.html")
             if not png_note:
                 try:
-                    (staging / f"{name}.png").write_bytes(figure.to_image(format="png", width=900, height=600))
+                    (staging / f"{name}.png").write_bytes(figure.to_image(format="png", width=900, height=650))
                     names.append(f"{name}.png")
                 except Exception as error:  # a browser that fails to start: keep the HTML, say why
                     png_note = f"PNG export failed ({error.__class__.__name__}: {str(error)[:120]}); the HTML files are complete."
+            (staging / f"{name}.html").write_text(figure_html(figure, name, static=(staging / f"{name}.png").exists()))
+            names.append(f"{name}.html")
         correlations = proxy_correlations(frame)
         frame.to_csv(staging / "trials.csv", index=False)
         history.to_csv(staging / "hypervolume.csv", index=False)
-        (staging / "summary.md").write_text(_summary(study, frame, correlations, png_note, list(figures)))
+        pngs = [name for name in figures if (staging / f"{name}.png").exists()]
+        (staging / "summary.md").write_text(_summary(study, frame, correlations, png_note, list(figures), labels, pngs))
         (staging / "front.json").write_text(json.dumps(frame[frame.on_front].number.tolist()) + "\n")
+        (staging / REPORT_MARK).write_text("written by lightseg-nas report; the next report replaces this folder whole\n")
         names += ["trials.csv", "hypervolume.csv", "summary.md", "front.json"]
         umask = os.umask(0)
         os.umask(umask)
@@ -302,12 +380,43 @@ def write_report(study: optuna.Study, out: Path, png: bool = True) -> Report:
     return report
 
 
+# Written into every report folder: only a folder that holds it (or, from before the mark,
+# only report files) is ever replaced by a new report.
+REPORT_MARK = ".lightseg-nas-report"
+_REPORT_FILES = {"summary.md", "trials.csv", "hypervolume.csv", "front.json", "plotly.min.js", REPORT_MARK}
+_REPORT_SUFFIXES = (".html", ".png", ".svg")
+
+
+def is_report_folder(folder: Path) -> bool:
+    folder = Path(folder)
+    if (folder / REPORT_MARK).is_file():
+        return True
+    entries = list(folder.iterdir())
+    legacy = all(e.is_file() and (e.name in _REPORT_FILES or e.name.endswith(_REPORT_SUFFIXES)) for e in entries)
+    return legacy and (folder / "summary.md").is_file()
+
+
+def check_report_folder(out: Path, flag: str = "out") -> Path:
+    """The folder a report will replace: nothing yet, or a report folder this tool wrote.
+    Anything else (the study's own folder, a supernet's folder, ".") is refused before any
+    work, so a report never deletes what it did not make."""
+    from lightseg_nas.checks import check_output_dir
+    from lightseg_nas.errors import FieldError
+
+    out = Path(out)
+    if out.name in ("", ".", "..") or out.resolve() == Path.cwd().resolve():
+        raise FieldError(flag, f"{{0}} {out}: give the report folder by a name of its own (a report replaces its folder whole)")
+    if out.exists() and not out.is_dir():
+        raise FieldError(flag, f"{{0}} {out}: is a file, not a report folder")
+    check_output_dir(out, flag)
+    if out.is_dir() and not is_report_folder(out):
+        raise FieldError(flag, f"{{0}} {out}: is a folder that lightseg-nas did not write as a report (a report replaces its folder whole); choose another {{0}}")
+    return out
+
+
 def _swap_in(staging: Path, out: Path) -> None:
     """Replace the folder ``out`` by ``staging`` with two renames (the old one is removed last)."""
-    if out.exists() and not out.is_dir():
-        from lightseg_nas.errors import UserError
-
-        raise UserError(f"{out}: is a file, not a report folder")
+    check_report_folder(out)
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 import search_spaces
 from lightseg_nas.errors import STOP, FieldError, Interrupted, UserError, install_stop_handlers
 from lightseg_nas.presets import get_preset
+from lightseg_nas.progress import log_line, percent
 from lightseg_nas.search.objective import FINISHED, Objective
 from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.storage import fail_dead_trials, make_storage, redact, sqlite_lock, sqlite_path
@@ -62,7 +63,9 @@ def open_study(study_file: StudyFile, storage: str | None = None, study_name: st
         study.set_user_attr("space", study_file.study.space)
         study.set_user_attr("num_classes", study_file.study.num_classes)
         study.set_user_attr("objectives", study_file.objective_names)
-        study.set_user_attr("study_file", str(study_file.path) if study_file.path else None)
+        # the study file's name only: a path of the machine it ran on means nothing elsewhere
+        # (the database lies beside its study file)
+        study.set_user_attr("study_file", study_file.path.name if study_file.path else None)
         if study_file.fidelity.mode == "supernet":
             # one pseudo-rung: scored at the supernet's size after no training of its own
             study.set_user_attr("rungs", [{"size": study_file.supernet.size, "epochs": 0}])
@@ -108,11 +111,13 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     target = n_trials or study_file.study.n_trials
     timeout = timeout or study_file.study.timeout_s
-    if study_file.fidelity.mode == "supernet":
-        from lightseg_nas.search.supernet_fidelity import ensure_supernet
-
-        ensure_supernet(study_file, progress)
+    # the lock first, then the supernet: a second search started meanwhile is refused at
+    # the lock instead of training (and replacing) the supernet the first one is training
     with sqlite_lock(study_file.storage_url(storage)):
+        if study_file.fidelity.mode == "supernet":
+            from lightseg_nas.search.supernet_fidelity import ensure_supernet
+
+            ensure_supernet(study_file, progress)
         return _run(study_file, target, timeout, storage, study_name, progress, worker, cpu_budget_s)
 
 
@@ -143,6 +148,9 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu
             postfix["left"] = f"{max(0, timeout - (time.monotonic() - started)):.0f}s"
         bar.set_postfix(postfix)
         bar.refresh()
+        stored = TrialRecord.of(trial)
+        result = f"validation fg IoU {percent(trial.values[0])} at rung {stored.fidelity}" if trial.values else (stored.reason or stored.outcome or "no result")
+        log_line(progress, f"trial {trial.number} {trial.state.name.lower()}: {result}; {bar.n}/{target} finished, front {postfix['front']}")
 
     try:
         # One trial per optimize() call: before each, the study is asked how many trials

@@ -148,7 +148,11 @@ def sqlite_lock(url: str):
         return
     if not database.parent.is_dir():
         raise UserError(f"storage {url!r}: folder {database.parent} does not exist")
+    created = not database.exists()
     with contextlib.ExitStack() as held:
+        if created:
+            # a run refused before it wrote anything leaves no empty database behind
+            held.callback(lambda: database.exists() and database.stat().st_size == 0 and database.unlink())
         try:
             # a flock on the database file (created empty if new: SQLite takes an empty file as
             # a new database); SQLite's own locks are POSIX record locks, which flock leaves alone

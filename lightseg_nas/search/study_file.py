@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lightseg_nas.checks import InputSize, Seed, reject_bools
 from lightseg_nas.cost import LATENCY_BACKENDS
-from lightseg_nas.errors import DatasetMissing, UserError
+from lightseg_nas.errors import DatasetMissing, FieldError, UserError
 from lightseg_nas.settings import RECIPES, Epochs, LossSettings, OptimizerSettings, SpeedSettings, SplitSettings, SupernetRecipe, SupernetSettings, bool_fields
 
 # Cost objective -> the trial attribute that holds it (latency is kept as a ratio).
@@ -215,8 +215,39 @@ def _first_error(error: ValidationError) -> str:
     return f"{location}: {item['msg'].removeprefix('Value error, ')}"
 
 
-def load_study_file(path: str | Path) -> StudyFile:
-    """Read and validate a study file; names (space, presets) are checked too."""
+DERIVED_FOLDERS = ("report", "export", "final")
+
+
+def derived_folder(study: StudyFile, kind: str, study_name: str | None = None) -> Path:
+    """STEM-report / STEM-export / STEM-final beside the study file (STEM-NAME-... for
+    another study name in the storage): named after the file, so two study files in one
+    folder never share one."""
+    import re
+
+    if study_name is not None and not re.match(STUDY_NAME_PATTERN, study_name):
+        raise FieldError("study_name", f"{{0}} {study_name!r}: use letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit")
+    stem = study.path.stem if study.path else study.study.name
+    return study.folder / (f"{stem}-{study_name}-{kind}" if study_name else f"{stem}-{kind}")
+
+
+def _check_written_path(path: Path, study: StudyFile, field: str, relative: bool) -> None:
+    """A file the study writes: never inside a folder that a report or export replaces, and,
+    when given relative to the study file, never outside the study's folder (an absolute path
+    is the user saying so explicitly)."""
+    folder = study.folder.resolve()
+    resolved = path.resolve()
+    if relative and folder not in resolved.parents:
+        raise UserError(f"{study.path}: {field}: {path} is outside the study's folder {folder}; give an absolute path to write there")
+    stem = study.path.stem if study.path else study.study.name
+    for parent in resolved.parents:
+        if parent.parent == folder and parent.name.startswith(f"{stem}-") and parent.name.endswith(tuple(f"-{k}" for k in DERIVED_FOLDERS)):
+            raise UserError(f"{study.path}: {field}: {path} is inside {parent.name}/, which the study's report, export or final runs write; choose another place")
+
+
+def load_study_file(path: str | Path, needs_data: bool = True) -> StudyFile:
+    """Read and validate a study file; names (space, presets) are checked too. Commands that
+    only read the storage (report, export) pass ``needs_data=False``: the data folder need
+    not exist for them."""
     import search_spaces
     from lightseg_nas.presets import get_preset
 
@@ -258,8 +289,15 @@ def load_study_file(path: str | Path) -> StudyFile:
         kind, options = parse_spec(study.data_spec())
     except UserError as error:
         raise UserError(f"{path}: data.spec: {error}") from None
-    if kind == "eg1800" and not Path(options["path"]).expanduser().is_dir():
+    if needs_data and kind == "eg1800" and not Path(options["path"]).expanduser().is_dir():
         raise DatasetMissing(f"{path}: data.spec: {options['path']}: no such dataset folder")
+    if study.supernet.file is not None:
+        _check_written_path(study.supernet_path(), study, "supernet.file", not Path(study.supernet.file).expanduser().is_absolute())
+    url = study.study.storage
+    if url is not None and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        from lightseg_nas.search.storage import sqlite_path
+
+        _check_written_path(sqlite_path(study.storage_url()), study, "study.storage", not url.startswith("sqlite:////"))
     try:
         resolve_device(study.training.device)
     except UserError as error:
