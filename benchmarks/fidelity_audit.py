@@ -1,6 +1,6 @@
 """Fidelity audit: do the search's cheap signals rank networks the way long training does?
 
-    python benchmarks/fidelity_audit.py [STUDY] [--count 12] [--epochs 30] [--size 160]
+    python benchmarks/fidelity_audit.py [STUDY] [--count 12] [--epochs 15] [--size 160]
                                         [--eval-size 224] [--runs runs/audit] [--threads 2]
                                         [--supernet FILE] [--shard K/N]
                                         [--references sinet]
@@ -40,7 +40,6 @@ again, place each as RUNS/NAME/model.pt:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -48,12 +47,13 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 
 from lightseg_nas.config import arch_id, config_from_dict
-from lightseg_nas.errors import DatasetMissing
+from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.record import TrialRecord, rung_key
 from lightseg_nas.search.report import trials_dataframe
+from lightseg_nas.scripts import Parser, check_reusable, count, existing_file, fail, guard_results, record_protocol, seed, shard
 from lightseg_nas.train import settings_from, train_to_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,12 +83,10 @@ def choose(table: pd.DataFrame, count: int) -> pd.DataFrame:
     return pd.concat([baselines, _spread(front, k_front), _spread(dominated, k_dominated)])
 
 
-def shard(chosen: pd.DataFrame, part: str) -> pd.DataFrame:
+def shard_of(chosen: pd.DataFrame, part: tuple[int, int]) -> pd.DataFrame:
     """Part K of N of the chosen rows: longest-first greedy balance on measured latency
     (a stand-in for training cost), so the shards finish near one another."""
-    k, n = (int(x) for x in part.split("/"))
-    if not 1 <= k <= n:
-        raise SystemExit(f"--shard {part}: K must be 1..N")
+    k, n = part
     load, owner = [0.0] * n, {}
     cost = chosen.latency_ratio.fillna(chosen.latency_ratio.median())
     for index in cost.sort_values(ascending=False, kind="stable").index:
@@ -98,51 +96,72 @@ def shard(chosen: pd.DataFrame, part: str) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", nargs="?", type=Path, default=REPO / "studies" / "eg1800_extremec3.toml")
-    parser.add_argument("--count", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--size", type=int, default=160)
-    parser.add_argument("--eval-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser = Parser(__doc__)
+    parser.add_argument("study", nargs="?", type=existing_file, default=REPO / "studies" / "eg1800_extremec3.toml")
+    parser.add_argument("--count", type=count(1, 1000), default=12)
+    parser.add_argument("--epochs", type=count(1, 10_000), default=15)
+    parser.add_argument("--size", type=count(32, 2048), default=160)
+    parser.add_argument("--eval-size", type=count(32, 2048), default=224)
+    parser.add_argument("--batch-size", type=count(1, 4096), default=16)
     parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "audit")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=count(1, 1024), default=2)
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--supernet", type=Path, default=None, help="score every audited network with this supernet too")
-    parser.add_argument("--shard", default=None, help="K/N: train only this share of the networks, write no table")
+    parser.add_argument("--supernet", type=existing_file, default=None, help="score every audited network with this supernet too")
+    parser.add_argument("--shard", type=shard, default=None, help="K/N: train only this share of the networks, write no table")
     parser.add_argument("--references", nargs="*", default=None, help="presets trained alike for comparison (default: sinet)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+    references = ["sinet"] if args.references is None else args.references
     try:
+        for name in references:
+            get_preset(name)
         study_file = load_study_file(args.study)
+        settings = settings_from(
+            epochs=args.epochs, size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            val_fraction=study_file.data.val_fraction, val_seed=study_file.data.val_seed,
+        )
     except DatasetMissing as error:  # EG1800 is not on this machine
         print(f"skipped: {error}")
         return
+    except UserError as error:
+        fail(str(error))
+    protocol = {
+        "study": args.study.name, "count": args.count, "epochs": args.epochs, "size": args.size, "eval_size": args.eval_size,
+        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "references": references,
+        "supernet": args.supernet.name if args.supernet else None,
+    }
+    args.protocol = protocol
+    if args.shard is None:
+        guard_results(args.out, "fidelity_audit", protocol)
+    torch.set_num_threads(args.threads)
     study = open_study(study_file, create=False)
     table = trials_dataframe(study)
     chosen = choose(table, args.count)
     if args.shard is not None:
-        chosen = shard(chosen, args.shard)
+        chosen = shard_of(chosen, args.shard)
     data = study_file.data_spec()
-    settings = settings_from(
-        epochs=args.epochs, size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        val_fraction=study_file.data.val_fraction, val_seed=study_file.data.val_seed,
-    )
+    for arch in [*chosen.arch_id, *[f"reference-{name}" for name in references]]:
+        check_reusable(args.runs / arch / "model.pt", settings)  # every reuse checked before any training
     records = {t.number: TrialRecord.of(t) for t in study.trials}
     rungs = sorted({index for stored in records.values() for index in stored.rung_val_fg_iou})
     proxies = sorted({name for stored in records.values() for name in stored.proxies})
     rows = []
-    references = ["sinet"] if args.references is None else args.references
     supernet = None
     if args.supernet is not None:
         from lightseg_nas.supernet import load_supernet, recalibration_split, score
 
-        supernet, supernet_record = load_supernet(args.supernet)
+        from lightseg_nas.data import split_fingerprint
+
+        try:
+            supernet, supernet_record = load_supernet(args.supernet)
+        except UserError as error:
+            fail(str(error))
         if supernet_record["space"] != study_file.study.space:
-            raise SystemExit(f"{args.supernet}: a supernet of space {supernet_record['space']!r}, the study's is {study_file.study.space!r}")
+            fail(f"{args.supernet}: a supernet of space {supernet_record['space']!r}, the study's is {study_file.study.space!r}")
+        fingerprint = split_fingerprint(data, study_file.data.val_fraction, study_file.data.val_seed)
+        if (supernet_record.get("data") or {}).get("fingerprint") != fingerprint:
+            fail(f"{args.supernet}: was trained on other data or another split than the study's; give the study's own supernet")
         recalibration, supernet_val = recalibration_split(supernet_record, data)
     signals = [rung_key(i) for i in rungs] + [f"proxy_{n}" for n in proxies] + (["supernet_val_fg_iou"] if supernet is not None else []) + ["params"]
     for _, trial in chosen.iterrows():
@@ -220,6 +239,7 @@ def write(frame: pd.DataFrame, signals: list[str], args) -> None:
             })
         lines += [f"Agreement of each cheap signal with the final validation fg IoU {label}:", "", pd.DataFrame(agreement).to_markdown(index=False, floatfmt=".2f"), ""]
     (args.out / "fidelity_audit.md").write_text("\n".join(lines))
+    record_protocol(args.out, "fidelity_audit", args.protocol)
 
 
 if __name__ == "__main__":

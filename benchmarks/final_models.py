@@ -30,7 +30,6 @@ wall time; cpu_minutes multiplies it by the threads it used.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import os
@@ -53,6 +52,7 @@ from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.settings import changed_settings
 from lightseg_nas.speed import SPEED_FIELDS
+from lightseg_nas.scripts import Parser, count, existing_file, fail, seed
 from lightseg_nas.train import settings_from, train_to_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ PARAMS_LIMIT = 37_738  # ExtremeC3Net's published parameter count
 def parse_name(name: str) -> tuple[str, bool]:
     base, kd = (name[:-3], True) if name.endswith("-kd") else (name, False)
     if base not in PUBLISHED and not re.fullmatch(r"[0-9a-f]{12}", base):
-        raise SystemExit(f"{name!r}: not a published network ({', '.join(PUBLISHED)}) or a 12-hex-digit arch_id (optionally with -kd)")
+        fail(f"{name!r}: not a published network ({', '.join(PUBLISHED)}) or a 12-hex-digit arch_id (optionally with -kd)")
     return base, kd
 
 
@@ -77,28 +77,39 @@ def config_for(base: str, study, num_classes: int):
         record = TrialRecord.of(trial)
         if record.config and record.arch_id == base:
             return config_from_dict(record.config)
-    raise SystemExit(f"{base}: no trial of study {study.study_name} has this arch_id")
+    fail(f"{base}: no trial of study {study.study_name} has this arch_id")
 
 
 def file_name(name: str, seed: int) -> str:
     return f"{name}.pt" if seed == 0 else f"{name}-seed{seed}.pt"
 
 
-def train_one(name: str, args, study_file, study, final_dir: Path) -> None:
+def planned(name: str, args, study_file, study, final_dir: Path):
+    """(config, settings, run folder) of one NAME, after checking, before any training, that a
+    finished run there and the committed model file it would replace hold this network
+    trained with this protocol (a smoke run with --max-steps never replaces a real one)."""
     base, kd = parse_name(name)
     config = config_for(base, study, study_file.study.num_classes)
     teacher = dict(teacher="sinet") if kd else {}
     settings = settings_from(study_file.study.final_recipe, seed=args.seed, val_fraction=study_file.data.val_fraction,
                              val_seed=study_file.data.val_seed, max_steps=args.max_steps, **teacher)
     out = args.runs / f"{name}-seed{args.seed}"
+    for path, hint in ((out / "model.pt", "another --runs folder"), (final_dir / file_name(name, args.seed), "--final-dir elsewhere")):
+        if path.exists():
+            record = load_record(path)
+            differs = changed_settings(record["training"], settings, ignore=NOT_PROTOCOL)
+            if differs or record["arch_id"] != arch_id(config):
+                fail(f"{path}: holds another network or protocol ({', '.join(differs) or 'arch_id'}); give {hint}")
+    return config, settings, out
+
+
+def train_one(name: str, args, study_file, study, final_dir: Path) -> None:
+    base, kd = parse_name(name)
+    config, settings, out = planned(name, args, study_file, study, final_dir)
     if not (out / "model.pt").exists():
         print(f"training {name} (seed {args.seed}, {study_file.study.final_recipe} recipe) in {out}", flush=True)
         train_to_file(config, study_file.data_spec(), out, settings, resume=(out / "checkpoint.pt").exists(), progress=sys.stderr.isatty(),
                       teacher_weights=args.teacher_weights if kd else None)
-    record = load_record(out / "model.pt")
-    differs = changed_settings(record["training"], settings, ignore=NOT_PROTOCOL)
-    if differs or record["arch_id"] != arch_id(config):
-        raise SystemExit(f"{out}: holds another network or protocol ({', '.join(differs) or 'arch_id'}); use another --runs folder")
     final_dir.mkdir(parents=True, exist_ok=True)
     target = final_dir / file_name(name, args.seed)
     shutil.copyfile(out / "model.pt", target.with_suffix(".tmp"))
@@ -205,32 +216,40 @@ def write(frame: pd.DataFrame, study_file, final_dir: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", nargs="?", type=Path, default=REPO / "studies" / "eg1800_extremec3_r128.toml")
+    parser = Parser(__doc__)
+    parser.add_argument("study", nargs="?", type=existing_file, default=REPO / "studies" / "eg1800_extremec3_r128.toml")
     parser.add_argument("--train", nargs="*", default=[], metavar="NAME")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--threads", type=count(1, 1024), default=1)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "final")
+    parser.add_argument("--final-dir", type=Path, default=None, help="where the model files and the table go (default: STUDY-final beside the study file)")
     parser.add_argument("--teacher-weights", type=Path, default=REPO.parent / "shared" / "reference" / "official" / "SINet.pth")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop each training after this many steps (smoke tests)")
+    parser.add_argument("--max-steps", type=count(1, 10**9), default=None, help="stop each training after this many steps (smoke tests)")
     parser.add_argument("--no-table", action="store_true", help="train only (the table times latency: write it on an idle machine)")
     args = parser.parse_args()
     try:
         study_file = load_study_file(args.study)
+        for name in args.train:
+            parse_name(name)
     except DatasetMissing as error:  # EG1800 is not on this machine
         print(f"skipped: {error}")
         return
     except UserError as error:
-        raise SystemExit(f"error: {error}")
+        fail(str(error))
     if not study_file.study.final_recipe:
-        raise SystemExit(f"{args.study}: names no final_recipe")
+        fail(f"{args.study}: names no final_recipe")
+    if any(parse_name(name)[1] for name in args.train) and not Path(args.teacher_weights).is_file():
+        fail(f"--teacher-weights {args.teacher_weights}: no such file (the released SINet weights, needed by the -kd names; not kept in git)")
     torch.set_num_threads(args.threads)
-    final_dir = study_file.folder / f"{study_file.path.stem}-final"
+    final_dir = args.final_dir or study_file.folder / f"{study_file.path.stem}-final"
     if args.train:
         study = open_study(study_file, create=False)
         args.runs = args.runs / study_file.study.name
-        for name in args.train:
-            parse_name(name)
+        try:
+            for name in args.train:  # every name and every file it would replace, before any training
+                planned(name, args, study_file, study, final_dir)
+        except UserError as error:
+            fail(str(error))
         for name in args.train:
             train_one(name, args, study_file, study, final_dir)
     if args.no_table or not final_dir.is_dir():

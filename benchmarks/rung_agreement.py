@@ -11,13 +11,13 @@ rungs). Reads their databases only (skips when their EG1800 folder is absent); w
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 from scipy.stats import kendalltau
 
 from lightseg_nas.errors import DatasetMissing, UserError
+from lightseg_nas.scripts import Parser, existing_file, fail
 from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.record import TrialRecord
 
@@ -36,8 +36,8 @@ def agreement(records: list[TrialRecord]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("studies", nargs="*", type=Path,
+    parser = Parser(__doc__)
+    parser.add_argument("studies", nargs="*", type=existing_file,
                         default=[REPO / "studies" / "eg1800_extremec3.toml", REPO / "studies" / "eg1800_extremec3_r128.toml"])
     args = parser.parse_args()
     rows = []
@@ -48,7 +48,9 @@ def main() -> None:
             print(f"skipped: {error}")
             return
         except UserError as error:
-            raise SystemExit(f"error: {error}")
+            fail(str(error))
+        if study_file.fidelity.mode != "rungs" or len(study_file.fidelity.rungs) < 2:
+            fail(f"{path}: has no second rung to agree with (fidelity mode {study_file.fidelity.mode!r}, {len(study_file.fidelity.rungs)} rung(s)); give rung studies")
         study = open_study(study_file, create=False)
         rungs = " then ".join(f"{r.epochs} ep at {r.size} px" for r in study_file.fidelity.rungs)
         rows.append({"study": study.study_name, "rungs": rungs, **agreement([TrialRecord.of(t) for t in study.trials])})

@@ -31,7 +31,6 @@ and .csv. Resumable per epoch, like the audit.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +38,14 @@ import pandas as pd
 import torch
 
 from lightseg_nas.config import arch_id, config_from_dict
-from lightseg_nas.errors import DatasetMissing
+from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.pareto import hypervolume
 from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.report import trials_dataframe
+from lightseg_nas.scripts import Parser, check_reusable, count, existing_file, fail, guard_results, record_protocol, seed, shard
 from lightseg_nas.train import settings_from, train_to_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,6 @@ OUT = Path(__file__).parent / "results"
 # what must match for a network trained earlier in --runs to be reused
 # the objectives of the hypervolume: fg IoU (maximised), then the costs (minimised)
 OBJECTIVES = ["final_val_fg_iou", "params", "latency_ratio"]
-PROTOCOL_FIELDS = ("epochs", "size", "batch_size", "lr", "seed", "val_fraction", "val_seed", "loss")
 
 
 def spread(frame: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -99,10 +98,7 @@ def trained(config, data: str, out: Path, settings, eval_size: int) -> dict:
     if not (out / "model.pt").exists():
         print(f"training {arch_id(config)} in {out}", flush=True)
         train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
-    model, preprocessing, record = load_network(out / "model.pt")
-    differs = [f for f in PROTOCOL_FIELDS if record["training"].get(f) != getattr(settings, f)]
-    if differs:
-        raise SystemExit(f"{out}: trained with another protocol ({', '.join(differs)}); use another --runs folder")
+    model, preprocessing, record = load_network(out / "model.pt")  # its protocol was checked before any training (check_reusable)
     final = evaluate_network(model, preprocessing, data, "val", eval_size, settings.val_fraction, settings.val_seed, progress=False)
     return {"final_val_fg_iou": final["fg_iou"], "retrain_minutes": record["train_seconds"] / 60}
 
@@ -116,30 +112,47 @@ def search_hours(study, study_file) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("rung_study", nargs="?", type=Path, default=REPO / "studies" / "eg1800_extremec3.toml")
-    parser.add_argument("supernet_study", nargs="?", type=Path, default=REPO / "studies" / "eg1800_extremec3_supernet.toml")
-    parser.add_argument("--top", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--size", type=int, default=160)
-    parser.add_argument("--eval-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser = Parser(__doc__)
+    parser.add_argument("rung_study", nargs="?", type=existing_file, default=REPO / "studies" / "eg1800_extremec3.toml")
+    parser.add_argument("supernet_study", nargs="?", type=existing_file, default=REPO / "studies" / "eg1800_extremec3_supernet.toml")
+    parser.add_argument("--top", type=count(1, 1000), default=6)
+    parser.add_argument("--epochs", type=count(1, 10_000), default=15)
+    parser.add_argument("--size", type=count(32, 2048), default=160)
+    parser.add_argument("--eval-size", type=count(32, 2048), default=224)
+    parser.add_argument("--batch-size", type=count(1, 4096), default=16)
     parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "audit")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--shard", default=None, help="K/N: train only this share of the networks, write no table")
+    parser.add_argument("--threads", type=count(1, 1024), default=1)
+    parser.add_argument("--shard", type=shard, default=None, help="K/N: train only this share of the networks, write no table")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    args.protocol = {
+        "rung_study": args.rung_study.name, "supernet_study": args.supernet_study.name, "top": args.top, "epochs": args.epochs,
+        "size": args.size, "eval_size": args.eval_size, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+    }
+    if args.shard is None:
+        guard_results(args.out, "search_comparison", args.protocol)
     torch.set_num_threads(args.threads)
 
     arms, jobs = {}, []
     for arm, path in (("rungs", args.rung_study), ("supernet", args.supernet_study)):
         try:
             study_file = load_study_file(path)
+            settings = settings_from(
+                epochs=args.epochs, size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                val_fraction=study_file.data.val_fraction, val_seed=study_file.data.val_seed,
+            )
         except DatasetMissing as error:  # EG1800 is not on this machine
             print(f"skipped: {error}")
             return
+        except UserError as error:
+            fail(str(error))
+        mode = "rungs" if arm == "rungs" else "supernet"
+        if study_file.fidelity.mode != mode or (arm == "rungs" and not study_file.fidelity.enabled):
+            fail(f"{path}: is a study with [fidelity] mode = {study_file.fidelity.mode!r}; the {arm} arm needs a {mode} study (arguments: RUNG_STUDY SUPERNET_STUDY)")
+        if arm == "supernet" and not study_file.supernet_path().exists():
+            fail(f"{study_file.supernet_path()}: the supernet study's supernet is not here (not kept in git): run lightseg-nas search {path} to train it first")
         study = open_study(study_file, create=False)
         table = trials_dataframe(study)
         front = table[table.on_front & table.baseline.isna()]
@@ -148,16 +161,14 @@ def main() -> None:
         arms[arm] = (study_file, study, chosen)
         jobs += [(arm, config_from_dict(records[int(n)].config)) for n in chosen.number]
         data = study_file.data_spec()
-        settings = settings_from(
-            epochs=args.epochs, size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-            val_fraction=study_file.data.val_fraction, val_seed=study_file.data.val_seed,
-        )
         num_classes = study_file.study.num_classes
     published = {name: get_preset(name).model_copy(update={"num_classes": num_classes}) for name in ("extremec3net", "sinet")}
     jobs += [("published", config) for config in published.values()]
     folder = {arch_id(config): args.runs / (f"reference-{name}" if name == "sinet" else arch_id(config)) for name, config in published.items()}
+    for _, config in jobs:  # every reuse checked before any training
+        check_reusable(folder.get(arch_id(config), args.runs / arch_id(config)) / "model.pt", settings)
     if args.shard is not None:
-        k, n = (int(x) for x in args.shard.split("/"))
+        k, n = args.shard
         for index, (_, config) in enumerate(jobs):
             if index % n == k - 1:
                 trained(config, data, folder.get(arch_id(config), args.runs / arch_id(config)), settings, args.eval_size)
@@ -227,6 +238,7 @@ def write(frame: pd.DataFrame, summary: pd.DataFrame, args) -> None:
         "",
     ]
     (args.out / "search_comparison.md").write_text("\n".join(lines))
+    record_protocol(args.out, "search_comparison", args.protocol)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from lightseg_nas.settings import INPUT_MULTIPLE, MAX_SIZE, SEED_MAX, InputSize,
 __all__ = [
     "INPUT_MULTIPLE", "MAX_SIZE", "SEED_MAX", "Seed", "InputSize", "check_size", "check_finite_number",
     "non_finite_tensors", "check_finite_state", "reject_bools", "check_output_file", "check_output_dir",
-    "file_lock", "folder_lock", "load_state_file", "usable_cores",
+    "file_lock", "folder_lock", "load_state_file", "check_run_state", "usable_cores",
 ]
 
 
@@ -145,13 +145,22 @@ def folder_lock(folder: Path, what: str):
     """Hold ``folder/.lock`` for the duration: a second run on the same folder is refused
     instead of racing the first one and losing a result."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(file_lock(folder / ".lock"))
         except BlockingIOError:
             raise FieldError("out", f"{folder}: another {what} is running in this folder; wait for it or choose another {{0}}") from None
-        yield
+        try:
+            yield
+        except BaseException:
+            # a run that failed before it wrote anything leaves no folder it made behind
+            if created and [p.name for p in folder.iterdir()] == [".lock"]:
+                (folder / ".lock").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
 
 
 def load_state_file(path: Path, what: str, unreadable: str | None = None, hint: str = "; delete it to start again") -> dict:
@@ -167,6 +176,34 @@ def load_state_file(path: Path, what: str, unreadable: str | None = None, hint: 
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a {what} of lightseg-nas{hint}")
     return state
+
+
+def check_run_state(state: dict, path: Path, what: str, parts: dict[str, type], settings_class=None) -> None:
+    """A checkpoint's parts have the types a resume needs, its weights are there and finite,
+    and its settings table is whole; else one line naming the file and the part."""
+    from lightseg_nas.settings import missing_settings
+
+    hint = "; delete it to start again"
+    for key, kind in parts.items():
+        if key not in state:
+            raise UserError(f"{path}: a damaged {what}: it has no {key!r}{hint}")
+        if not isinstance(state[key], kind):
+            raise UserError(f"{path}: a damaged {what}: {key} is a {type(state[key]).__name__}, not a {kind.__name__}{hint}")
+    for key in ("model", "optimizer"):
+        if key in parts and not state[key]:
+            raise UserError(f"{path}: a damaged {what}: {key} is empty{hint}")
+    if "model" in parts:
+        if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state["model"].items()):
+            raise UserError(f"{path}: a damaged {what}: model is not a mapping of names to tensors{hint}")
+        bad = non_finite_tensors(state["model"])
+        if bad:
+            raise UserError(f"{path}: a damaged {what}: model holds non-finite weights (nan or inf in {bad[0]}){hint}")
+    if "history" in parts and not all(isinstance(row, dict) for row in state["history"]):
+        raise UserError(f"{path}: a damaged {what}: history is not a list of epoch tables{hint}")
+    if settings_class is not None and "settings" in parts:
+        missing = missing_settings(state["settings"], settings_class)
+        if missing:
+            raise UserError(f"{path}: a damaged {what}: settings lack {', '.join(repr(m) for m in missing)}{hint}")
 
 
 def usable_cores() -> int:

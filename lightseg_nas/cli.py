@@ -5,6 +5,7 @@ A mistake in the user's input ends with one line on stderr and exit code 2 (no t
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -144,6 +145,12 @@ def _in_cli_terms(error: UserError) -> str:
     return error.render(_flag) if isinstance(error, FieldError) else str(error)
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    """PyTorch's allocators raise RuntimeError (a subclass, on CUDA) when memory runs out."""
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower() or type(error).__name__ == "OutOfMemoryError"
+
+
 def user_errors(command):
     """Turn UserError into 'error: ...' and exit code 2."""
 
@@ -156,6 +163,21 @@ def user_errors(command):
             raise typer.Exit(2) from None
         except RecursionError:
             _say("error: input nested too deeply to read")
+            raise typer.Exit(2) from None
+        except ValueError as error:
+            if "integer string conversion" not in str(error):
+                raise
+            _say("error: a number with too many digits to be a setting")
+            raise typer.Exit(2) from None
+        except OSError as error:  # the environment: a full disk, a read-only or vanished folder
+            where = f"{error.filename}: " if error.filename else ""
+            reason = "no space left on the device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+            _say(f"error: {where}{reason}; nothing half-written is kept (free the space or choose another place, then run again)")
+            raise typer.Exit(2) from None
+        except (MemoryError, RuntimeError) as error:
+            if not isinstance(error, MemoryError) and not _is_out_of_memory(error):
+                raise
+            _say("error: out of memory; nothing half-written is kept (try a smaller --size or --batch-size, or fewer --threads)")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _say("interrupted: nothing half-written is kept; run the same command (with --resume where it has one) to continue")
@@ -177,6 +199,16 @@ def _parse_target(text: str, flag: str) -> tuple[Optional[int], Optional[float]]
         return int(text), None
     except ValueError:
         raise UserError(f"{flag} {text!r}: give a whole number (20000) or a percentage between 0 and 100 (50%)") from None
+
+
+KD_OPTIONS = ("kd_weight", "kd_temperature", "cwd_weight")
+
+
+def _refuse_kd_without_teacher(teacher, **given) -> None:
+    """Distillation options mean nothing without a teacher: refused, not silently recorded."""
+    named = [name for name in KD_OPTIONS if given.get(name) is not None]
+    if teacher is None and named:
+        raise FieldError((named[0], "teacher"), "{0} goes with {1} (there is nothing to distil from without one)")
 
 
 def _print_json(data) -> None:
@@ -351,6 +383,7 @@ def train(
         teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
     )
     stored = {k: v for k, v in stored.items() if k != "recipe"} | ({"recipe": stored["recipe"]} if stored.get("recipe") and recipe is None else {})
+    _refuse_kd_without_teacher(teacher or stored.get("teacher"), kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight)
     settings = settings_from(recipe=recipe, **{**stored, **{k: v for k, v in given.items() if v is not None}})
     data = data or stored_data or "synthetic"
     _set_threads(threads)
@@ -538,6 +571,7 @@ def compress(
     from lightseg_nas.compress import compress_to_file, format_row, settings_from
     lines_to_stderr(as_json)
 
+    _refuse_kd_without_teacher(teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight)
     if (target_params is None) == (target_macs is None):
         raise UserError("give exactly one of --target-params N or --target-macs N")
     flag, text = ("--target-params", target_params) if target_params is not None else ("--target-macs", target_macs)

@@ -147,6 +147,7 @@ def compress_to_file(
     # the lock first, then the check of what is there: a second compression into the same
     # OUT started meanwhile is refused instead of overwriting the first one's steps
     lock = out.with_name(out.name + ".lock")
+    out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(file_lock(lock))

@@ -59,7 +59,18 @@ def config_from_json(text: str, source: str = "config") -> NetworkConfig:
         raise UserError(f"{source}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
     except RecursionError:
         raise UserError(f"{source}: nested too deeply to be a network config") from None
+    except ValueError as error:  # an integer of more digits than Python converts (4,300)
+        raise UserError(f"{source}: {too_many_digits(error)}") from None
     return config_from_dict(data, source)
+
+
+def too_many_digits(error: ValueError) -> str:
+    """The one line for a number too long to read (Python refuses integers of over 4,300
+    digits); other ValueErrors as they are."""
+    text = str(error)
+    if "integer string conversion" in text:
+        return "holds a number with too many digits to be a setting"
+    return text.splitlines()[0][:200]
 
 
 def load_config(path: str | Path) -> NetworkConfig:

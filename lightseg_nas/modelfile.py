@@ -87,15 +87,20 @@ def load_record(path: str | Path) -> dict:
         raise UserError(f"{path}: not a lightseg-nas model file (no '{FORMAT}' format tag)")
     if record.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: model file format version {record.get('format_version')!r} is not supported")
-    for key in ("config", "state_dict", "preprocessing"):
+    for key in ("arch_id", "config", "state_dict", "preprocessing"):
         if key not in record:
             raise UserError(f"{path}: model file lacks {key!r}")
+    if not isinstance(record["arch_id"], str):
+        raise UserError(f"{path}: arch_id must be text, got {type(record['arch_id']).__name__}")
+    if not isinstance(record["preprocessing"], dict):
+        raise UserError(f"{path}: preprocessing must be a mapping, got {type(record['preprocessing']).__name__}")
     _check_fields(path, record)
     return record
 
 
 class _Preprocessing(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    name: Literal["default", "released"]  # data.transforms.PREPROCESSING
     channel_order: Literal["rgb", "bgr"]
     mean: tuple[Annotated[float, Field(ge=-1e4, le=1e4)], Annotated[float, Field(ge=-1e4, le=1e4)], Annotated[float, Field(ge=-1e4, le=1e4)]]
     std: tuple[Annotated[float, Field(gt=1e-6, le=1e4)], Annotated[float, Field(gt=1e-6, le=1e4)], Annotated[float, Field(gt=1e-6, le=1e4)]]

@@ -194,6 +194,17 @@ def bool_fields(model: type[BaseModel]) -> set[str]:
     return found
 
 
+# Settings added after checkpoints and model files were first written: a stored table
+# without them is from before them (see changed_settings); any other missing key is damage.
+ADDED_LATER = frozenset({"loss", "recipe"})
+
+
+def missing_settings(stored: dict, model_class: type[BaseModel], ignore=()) -> list[str]:
+    """Fields of ``model_class`` that a stored settings table lacks and that existed from the
+    first version on: a sign of a damaged or hand-edited file."""
+    return [name for name in model_class.model_fields if name not in stored and name not in ADDED_LATER and name not in ignore]
+
+
 def changed_settings(stored: dict, current: BaseModel, ignore=()) -> list[str]:
     """The settings of ``current`` that differ from those a checkpoint stored, as
     'name stored (now current)'. A setting the checkpoint lacks was added after it was

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from lightseg_nas.progress import log_line, percent
 
 import search_spaces
-from lightseg_nas.checks import check_finite_state, check_output_dir, folder_lock, load_state_file
+from lightseg_nas.checks import check_finite_state, check_output_dir, check_run_state, folder_lock, load_state_file
 from lightseg_nas.data import SegmentationData, load_split, split_fingerprint
 from lightseg_nas.data.transforms import get_preprocessing, normalize
 from lightseg_nas.distill import pixel_kd, two_class_logits
@@ -36,7 +36,7 @@ from lightseg_nas.errors import FieldError, UserError, stop_requested
 from lightseg_nas.losses import segmentation_loss
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import code_version, save_record
-from lightseg_nas.settings import SupernetSettings
+from lightseg_nas.settings import SupernetSettings, missing_settings
 from lightseg_nas.train import _epoch_generator, _lr_factor, prepare_batch
 
 __all__ = ["FORMAT", "train_supernet", "load_supernet", "subnet", "recalibrate", "score", "build_supernet"]
@@ -108,6 +108,8 @@ def train_supernet(
     if resume and not checkpoint.exists():
         raise FieldError("resume", f"{out_dir}: nothing to resume (no checkpoint.pt); leave out {{0}} to start a new run")
     state = load_state_file(checkpoint, "checkpoint") if resume else None
+    if state is not None:
+        check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, SupernetSettings)
     if state is not None and state.get("settings") != settings.model_dump() | {"space": space, "num_classes": num_classes}:
         raise UserError(f"{checkpoint}: was started with other settings; choose another --out or the same options")
     preprocessing = get_preprocessing("default")
@@ -119,6 +121,7 @@ def train_supernet(
             raise FieldError("out", f"{out_dir}: another supernet training wrote here meanwhile; choose another {{0}}")
         if resume:  # the checkpoint as it is now, under the lock
             state = load_state_file(checkpoint, "checkpoint")
+            check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, SupernetSettings)
             if state.get("settings") != settings.model_dump() | {"space": space, "num_classes": num_classes}:
                 raise UserError(f"{checkpoint}: was started with other settings; choose another --out or the same options")
         return _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preprocessing, train_data, val_data, state, progress)
@@ -207,6 +210,10 @@ def _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preproc
     return record
 
 
+# what a supernet checkpoint holds
+CHECKPOINT_PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "history": list, "settings": dict}
+
+
 def load_supernet(path: str | Path) -> tuple[nn.Module, dict]:
     """(supernet in eval mode, its record) from OUT/supernet.pt, or one-line UserError."""
     path = Path(path)
@@ -215,6 +222,15 @@ def load_supernet(path: str | Path) -> tuple[nn.Module, dict]:
     record = load_state_file(path, "supernet file", hint="")
     if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: not a supernet file of this version (format {record.get('format')!r} {record.get('format_version')!r})")
+    parts = {"settings": dict, "data": dict, "state_dict": dict, "space": str, "num_classes": int, "history": list}
+    for key, kind in parts.items():
+        if not isinstance(record.get(key), kind):
+            raise UserError(f"{path}: a damaged supernet file: {key} is {'missing' if key not in record else 'a ' + type(record[key]).__name__}, not a {kind.__name__}")
+    missing = missing_settings(record["settings"], SupernetSettings)
+    if missing:
+        raise UserError(f"{path}: a damaged supernet file: settings lack {', '.join(repr(m) for m in missing)}")
+    if not record["state_dict"]:
+        raise UserError(f"{path}: a damaged supernet file: state_dict is empty")
     try:
         SupernetSettings(**record["settings"])
         if not isinstance(record["data"]["spec"], str) or not isinstance(record["state_dict"], dict) or record["num_classes"] not in (1, 2):

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from lightseg_nas.checks import check_finite_state, check_output_dir, folder_lock, load_state_file, non_finite_tensors
+from lightseg_nas.checks import check_finite_state, check_output_dir, check_run_state, folder_lock, load_state_file, non_finite_tensors
 from lightseg_nas.data import SegmentationData, load_split
 from lightseg_nas.data.transforms import augment, get_preprocessing, normalize
 from lightseg_nas.distill import Distiller, load_teacher
@@ -54,9 +54,8 @@ def resume_defaults(out_dir: Path) -> tuple[Optional[object], Optional[str], dic
     if not checkpoint.is_file():
         return None, None, {}
     state = load_state_file(checkpoint, "checkpoint")
-    settings = state.get("settings")
-    if not isinstance(settings, dict):
-        raise UserError(f"{checkpoint}: a damaged checkpoint (settings: {type(settings).__name__}, not a table); delete it to start again")
+    check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, TrainSettings)
+    settings = state["settings"]
     config = state.get("config")
     config = config_from_dict(config, f"{checkpoint} (config)") if isinstance(config, dict) else None
     data = state.get("data_spec") if isinstance(state.get("data_spec"), str) else None
@@ -134,6 +133,7 @@ def fit(
     start_epoch = 0
     if resume and checkpoint is not None and checkpoint.exists():
         state = load_state_file(checkpoint, "checkpoint")
+        check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, TrainSettings)
         _check_same_settings(checkpoint, state.get("settings"), settings)
         try:
             model.load_state_dict(state["model"])
@@ -229,6 +229,10 @@ def images_per_s(history: list[dict]) -> Optional[float]:
     return images / seconds if seconds > 0 else None
 
 
+# what a training checkpoint holds besides the network and data it names
+CHECKPOINT_PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "history": list, "settings": dict}
+
+
 def _check_same_settings(path: Path, stored, settings: TrainSettings) -> None:
     if not isinstance(stored, dict):
         raise UserError(f"{path}: a damaged checkpoint (no settings); delete it to start again")
@@ -279,7 +283,9 @@ def train_to_file(
     elif teacher_weights is not None:
         raise FieldError(("teacher_weights", "teacher"), "{0} goes with {1} PRESET")
     if resume:
-        _check_same_settings(checkpoint, load_state_file(checkpoint, "checkpoint").get("settings"), settings)
+        state = load_state_file(checkpoint, "checkpoint")
+        check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, TrainSettings)
+        _check_same_settings(checkpoint, state.get("settings"), settings)
     train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
     val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
     # The folder is locked only once the inputs are known good (a refused run leaves nothing).

@@ -33,12 +33,18 @@ def test_audit_shards_split_the_chosen_networks_exactly_once_with_balanced_cost(
 
     audit = _load("fidelity_audit")
     chosen = pd.DataFrame({"number": range(9), "latency_ratio": [3.0, 1.0, 2.0, 2.5, 1.5, None, 0.5, 2.0, 1.0]}, index=[4, 8, 1, 0, 7, 3, 2, 6, 5])
-    parts = [audit.shard(chosen, f"{k}/3") for k in (1, 2, 3)]
+    parts = [audit.shard_of(chosen, (k, 3)) for k in (1, 2, 3)]
     assert sorted(n for part in parts for n in part.number) == list(range(9))
     loads = [part.latency_ratio.fillna(chosen.latency_ratio.median()).sum() for part in parts]
     assert max(loads) - min(loads) <= 1.0  # greedy longest-first: within the smallest item's cost of even
-    with pytest.raises(SystemExit):
-        audit.shard(chosen, "4/3")
+    from argparse import ArgumentTypeError
+
+    from lightseg_nas.scripts import shard
+
+    assert shard("2/3") == (2, 3)
+    for bad in ("4/3", "0/2", "1/0", "abc", "1/2/3"):
+        with pytest.raises(ArgumentTypeError):
+            shard(bad)
 
 
 def test_search_comparison_hypervolume_gain_counts_only_what_the_published_networks_do_not_cover():

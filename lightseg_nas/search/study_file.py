@@ -262,6 +262,10 @@ def load_study_file(path: str | Path, needs_data: bool = True) -> StudyFile:
         raise UserError(f"{path}: not valid TOML ({str(error).splitlines()[0]})") from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a study file") from None
+    except ValueError as error:  # an integer of over 4,300 digits
+        from lightseg_nas.config import too_many_digits
+
+        raise UserError(f"{path}: {too_many_digits(error)}") from None
     reject_bools(data, bool_fields(StudyFile), f"{path}: ")
     try:
         study = StudyFile.model_validate({**data, "path": path.resolve()})
