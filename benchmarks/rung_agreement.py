@@ -43,7 +43,7 @@ def main() -> None:
     rows = []
     for path in args.studies:
         try:
-            study_file = load_study_file(path)
+            study_file = load_study_file(path, needs_data=False)  # it reads the storage only
         except DatasetMissing as error:  # the study files name their EG1800 folder
             print(f"skipped: {error}")
             return
@@ -51,7 +51,10 @@ def main() -> None:
             fail(str(error))
         if study_file.fidelity.mode != "rungs" or len(study_file.fidelity.rungs) < 2:
             fail(f"{path}: has no second rung to agree with (fidelity mode {study_file.fidelity.mode!r}, {len(study_file.fidelity.rungs)} rung(s)); give rung studies")
-        study = open_study(study_file, create=False)
+        try:
+            study = open_study(study_file, create=False)
+        except UserError as error:
+            fail(str(error))
         rungs = " then ".join(f"{r.epochs} ep at {r.size} px" for r in study_file.fidelity.rungs)
         rows.append({"study": study.study_name, "rungs": rungs, **agreement([TrialRecord.of(t) for t in study.trials])})
     frame = pd.DataFrame(rows)

@@ -141,7 +141,6 @@ def test_search_comparison_gain_checks_leave_out_the_best_point_and_the_range_on
 
 @pytest.mark.parametrize("name,args", [
     ("final_models", ["{study}", "--train", "extremec3net"]),
-    ("rung_agreement", ["{study}", "{study}"]),
     ("search_comparison", ["{study}", "{study}", "--out", "{tmp}/out"]),
     ("fidelity_audit", ["{study}", "--out", "{tmp}/out"]),
 ])

@@ -1,0 +1,64 @@
+"""Benchmark scripts are user-facing: a bad argument, a reuse of a run of another protocol
+or a rerun that would replace committed results of another protocol ends in one line
+(exit code 2) before anything is trained or written; committed results stay byte-identical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_bad_input import _snapshot
+from tests.test_benchmarks import _load
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = REPO / "studies"
+HAS_DATA = (REPO.parent / "shared" / "data" / "eg1800").is_dir()
+
+CASES = [
+    ("fidelity_audit", ["--threads", "0"], "--threads"),
+    ("fidelity_audit", ["--shard", "abc"], "--shard"),
+    ("fidelity_audit", ["--shard", "1/0"], "--shard"),
+    ("fidelity_audit", ["--epochs", "0"], "--epochs"),
+    ("fidelity_audit", ["--seed", "-1"], "--seed"),
+    ("fidelity_audit", ["no/such/study.toml"], "no such file"),
+    ("fidelity_audit", ["--supernet", "no/such/supernet.pt"], "no such file"),
+    ("fidelity_audit", ["--references", "resnet"], "resnet"),
+    ("search_comparison", ["--top", "0"], "--top"),
+    ("search_comparison", ["--shard", "3/2"], "--shard"),
+    ("search_comparison", ["--threads", "-1"], "--threads"),
+    ("search_comparison", ["--batch-size", "zero"], "--batch-size"),
+    ("final_models", ["--max-steps", "0"], "--max-steps"),
+    ("final_models", ["--seed", "-3"], "--seed"),
+    ("final_models", ["--train", "resnet"], "resnet"),
+    ("final_models", ["--threads", "0"], "--threads"),
+    ("rung_agreement", ["no/such/study.toml"], "no such file"),
+    ("rung_agreement", [str(STUDIES / "eg1800_extremec3_supernet.toml")], "no second rung"),
+]
+# these read the committed EG1800 studies' data: only where it is present
+WITH_DATA = [
+    ("fidelity_audit", ["--epochs", "30"], "holds results of another protocol"),
+    ("search_comparison", [str(STUDIES / "eg1800_extremec3_supernet.toml"), str(STUDIES / "eg1800_extremec3.toml"), "--out", "{tmp}/out"], "needs a rungs study"),
+    ("final_models", ["--train", "extremec3net", "--max-steps", "1", "--runs", "{tmp}/runs"], "holds another network or protocol"),
+    ("final_models", ["--train", "extremec3net-kd", "--teacher-weights", "no/such.pth"], "--teacher-weights"),
+]
+
+
+def _committed() -> dict:
+    return {**_snapshot(REPO / "benchmarks" / "results"), **{f"final/{k}": v for k, v in _snapshot(STUDIES / "eg1800_extremec3_r128-final").items()}}
+
+
+@pytest.mark.parametrize("name,args,expected", CASES + [pytest.param(*c, marks=pytest.mark.skipif(not HAS_DATA, reason="needs ../shared/data/eg1800")) for c in WITH_DATA],
+                         ids=[f"{c[0]} {' '.join(c[1])[-40:]}" for c in CASES + WITH_DATA])
+def test_a_benchmark_refuses_in_one_line_before_any_work(name, args, expected, tmp_path, monkeypatch, capsys):
+    before = _committed()
+    monkeypatch.setattr("sys.argv", [name, *(a.format(tmp=tmp_path) for a in args)])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        _load(name).main()
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], captured.err
+    assert _committed() == before
+    assert list(tmp_path.iterdir()) == [], "nothing is trained or written"
