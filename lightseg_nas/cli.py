@@ -367,9 +367,11 @@ def train(
     (the model file records the teacher)."""
     from lightseg_nas.train import settings_from, train_to_file
 
-    from lightseg_nas.train import resume_defaults
+    from lightseg_nas.train import check_run_folder, resume_defaults
 
     lines_to_stderr(as_json)
+    if resume:
+        check_run_folder(out, resume)  # a finished run, or nothing to resume: said first
     # --resume: the network, data and settings the checkpoint records, unless given here
     stored_config, stored_data, stored = resume_defaults(out) if resume else (None, None, {})
     if stored_config is not None and preset is None and config is None:
@@ -710,6 +712,81 @@ def export(
         typer.echo(f"trial {number} -> {path}")
     if trial is not None and (note := fidelity_note(result, trial)):
         typer.echo(note)
+
+
+@app.command()
+@user_errors
+def final(
+    study: Path = typer.Argument(..., metavar="STUDY", help="A study file (TOML) whose search has run."),
+    front: bool = typer.Option(False, "--front", help="Train the study's full-fidelity front (searched members)."),
+    top: Optional[int] = typer.Option(None, "--top", help="With --front: only K members, spread over the parameter range."),
+    trial: list[int] = typer.Option([], "--trial", help="Train this trial's network (repeatable)."),
+    arch: list[str] = typer.Option([], "--arch", help="Train the trial network with this arch id (repeatable)."),
+    best_under_params: Optional[int] = typer.Option(None, "--best-under-params", help="Train the most accurate full-fidelity trial with at most N parameters."),
+    baselines: str = typer.Option("extremec3net,sinet", "--baselines", help="Published networks trained alike for comparison, comma-separated; 'none' for none."),
+    seeds: str = typer.Option("0", "--seeds", help="Seeds, comma-separated (0,1): every network is trained once per seed."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=f"Training recipe ({', '.join(sorted(RECIPES))}).", show_default="the study's final_recipe"),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Also train each chosen network distilled from this teacher (a preset with --teacher-weights, or a model file); named NAME-kd."),
+    teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
+    runs: Path = typer.Option(Path("runs/final"), "--runs", help="Run folders (checkpoints; STUDY-NAME/NAME-seedS inside)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder of the kept model files and the table.", show_default="STEM-final beside the study file"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop each training after this many steps (smoke tests; never replaces a real model file)."),
+    table: bool = typer.Option(True, "--table/--no-table", help="Score every model file of the final folder and write results.md/.csv and plots (times latency: run it on an idle machine)."),
+    png: bool = typer.Option(True, "--png/--no-png", help="Also write the plots as PNG (needs kaleido and chromium)."),
+    threads: Optional[int] = ThreadsOption,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the per-network table as JSON."),
+):
+    """Train a study's chosen networks with its final recipe, per seed, and compare them in one table.
+
+    Resumable: the same command continues stopped trainings and reuses finished ones (after
+    checking their protocol). Writes STEM-final/NAME.pt per network and seed, results.md,
+    results.csv and final_params / final_latency plots."""
+    from lightseg_nas.checks import SEED_MAX, check_output_dir
+    from lightseg_nas.search import load_study_file, open_study
+    from lightseg_nas.search.final import choose_networks, final_folder, plan_runs, results_table, summary, train_runs, write_results
+
+    lines_to_stderr(as_json)
+    try:
+        seed_list = tuple(int(part) for part in seeds.split(","))
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r}: give whole numbers separated by commas (0,1)") from None
+    for value in seed_list:
+        _check_int(value, "--seeds", 0, SEED_MAX)
+    _check_int(top, "--top", 1, 10_000)
+    _check_int(max_steps, "--max-steps", 1, 10**9)
+    _refuse_kd_without_teacher(teacher)
+    if teacher_weights is not None and teacher is None:
+        raise FieldError(("teacher_weights", "teacher"), "{0} goes with {1} PRESET")
+    if top is not None and not front:
+        raise FieldError(("top", "front"), "{0} goes with {1}")
+    if teacher_weights is not None and not teacher_weights.is_file():
+        raise UserError(f"--teacher-weights {teacher_weights}: no such file")
+    study_file = load_study_file(study)
+    folder = check_output_dir(out or final_folder(study_file))
+    result = open_study(study_file, create=False)
+    names = choose_networks(
+        result, front, top, tuple(trial), tuple(arch), best_under_params, () if baselines == "none" else tuple(n for n in baselines.split(",") if n),
+    )
+    names += [f"{name}-kd" for name in names] if teacher else []
+    if not names and not table:
+        raise FieldError(("front", "trial", "arch", "baselines"), "nothing to do: give {0}, {1} N, {2} ID or {3} NAMES, or leave the table on")
+    plans = plan_runs(study_file, result, names, seed_list, runs / study_file.study.name, folder, recipe, max_steps, teacher)
+    _set_threads(threads)
+    import torch
+
+    train_runs(plans, study_file.data_spec(), torch.get_num_threads(), progress, teacher_weights, on_run=lambda line: typer.echo(line, err=as_json))
+    if not table:
+        return
+    frame = results_table(study_file, folder, progress)
+    write_results(frame, study_file, folder, png, recipe)
+    by_model, lines = summary(frame)
+    if as_json:
+        _print_json({"models": frame.to_dict(orient="records"), "networks": by_model.to_dict(orient="records"), "comparisons": lines})
+        return
+    typer.echo(f"wrote {folder / 'results.md'} ({len(frame)} model files of {len(by_model)} networks)")
+    for line in lines:
+        typer.echo(line)
 
 
 def main() -> None:

@@ -45,6 +45,20 @@ def settings_from(recipe: Optional[str] = None, **values) -> TrainSettings:
     return settings
 
 
+def check_run_folder(out_dir: Path, resume: bool) -> Path:
+    """A run folder that a new run may use (nothing finished or unfinished there) or, with
+    ``resume``, one that holds an unfinished run."""
+    out_dir = check_output_dir(Path(out_dir))
+    checkpoint = out_dir / "checkpoint.pt"
+    if (out_dir / "model.pt").exists() and not checkpoint.exists():
+        raise FieldError("out", f"{out_dir}: already holds a finished model.pt; choose another {{0}}")
+    if checkpoint.exists() and not resume:
+        raise FieldError(("resume", "out"), f"{out_dir}: holds an unfinished run; pass {{0}} to continue it or choose another {{1}}")
+    if resume and not checkpoint.exists():
+        raise FieldError("resume", f"{out_dir}: nothing to resume (no checkpoint.pt); leave out {{0}} to start a new run")
+    return out_dir
+
+
 def resume_defaults(out_dir: Path) -> tuple[Optional[object], Optional[str], dict]:
     """(network config, data spec, settings) recorded in OUT/checkpoint.pt, for a
     ``--resume`` that repeats none of the options; Nones and {} where there is none."""
@@ -264,14 +278,8 @@ def train_to_file(
     ``out_dir/checkpoint.pt`` holds the resumable state; ``out_dir/model.pt`` is written
     (atomically) only when training ends.
     """
-    out_dir = check_output_dir(Path(out_dir))
+    out_dir = check_run_folder(out_dir, resume)
     checkpoint = out_dir / "checkpoint.pt"
-    if (out_dir / "model.pt").exists() and not checkpoint.exists():
-        raise FieldError("out", f"{out_dir}: already holds a finished model.pt; choose another {{0}}")
-    if checkpoint.exists() and not resume:
-        raise FieldError(("resume", "out"), f"{out_dir}: holds an unfinished run; pass {{0}} to continue it or choose another {{1}}")
-    if resume and not checkpoint.exists():
-        raise FieldError("resume", f"{out_dir}: nothing to resume (no checkpoint.pt); leave out {{0}} to start a new run")
     preprocessing = get_preprocessing(settings.preprocessing)
     device = resolve_device(settings.device)
     distiller, teacher = None, None

@@ -1,0 +1,322 @@
+"""From a study's front to trained, compared networks: the `final` job.
+
+Chosen networks (front members, trials, arch ids, the published networks) are trained with
+the study's final recipe (or another named one) on the study's data minus its validation
+split, for each seed, each in its own run folder (a checkpoint every epoch: a stop loses at
+most one epoch and the same command continues). A finished run is reused only when the
+trainer's settings comparison says it was trained with this protocol; every reuse, and every
+model file the job would replace, is checked before any training. Each finished model file
+is copied into ``STEM-final/NAME.pt`` (seed 0) or ``NAME-seed<S>.pt``, and the table scores
+every model file there the same way: parameters, conv-only MACs, latency as a ratio to the
+study's reference timed side by side on its backend, and the papers' metric at 224.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from lightseg_nas.config import arch_id, config_from_dict
+from lightseg_nas.errors import FieldError, UserError
+from lightseg_nas.presets import get_preset
+from lightseg_nas.search.record import TrialRecord
+from lightseg_nas.search.study_file import StudyFile, derived_folder
+from lightseg_nas.settings import RECIPES, changed_settings
+
+__all__ = ["PUBLISHED", "FinalRun", "choose_networks", "plan_runs", "train_runs", "results_table", "write_results", "file_name"]
+
+PUBLISHED = ("extremec3net", "sinet")
+PARAMS_LIMIT = 37_738  # ExtremeC3Net's published parameter count
+# Settings that change how fast a run goes, or only name its values, not what it computes:
+# a reused run must match every other setting.
+NOT_PROTOCOL = ("channels_last", "compile", "device", "recipe")
+NAME_PATTERN = r"(extremec3net|sinet|[0-9a-f]{12})(-kd)?"
+
+
+@dataclass(frozen=True)
+class FinalRun:
+    name: str  # a published network or an arch id, "-kd" when distilled
+    seed: int
+    config: object
+    settings: object
+    run_dir: Path
+    model_file: Path  # where the finished model file is kept (STEM-final/...)
+
+    @property
+    def distilled(self) -> bool:
+        return self.name.endswith("-kd")
+
+
+def file_name(name: str, seed: int) -> str:
+    return f"{name}.pt" if seed == 0 else f"{name}-seed{seed}.pt"
+
+
+def final_folder(study_file: StudyFile) -> Path:
+    return derived_folder(study_file, "final")
+
+
+def _spread(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    frame, k = frame.sort_values("params"), min(k, len(frame))
+    picks = sorted({round(i * (len(frame) - 1) / max(1, k - 1)) for i in range(k)})
+    return frame.iloc[picks]
+
+
+def choose_networks(
+    study, front: bool = False, top: Optional[int] = None, trials: tuple[int, ...] = (), archs: tuple[str, ...] = (),
+    best_under_params: Optional[int] = None, baselines: tuple[str, ...] = PUBLISHED,
+) -> list[str]:
+    """Names of the networks to train: front members (``top`` of them spread over the
+    parameter range), given trials and arch ids, the most accurate full-fidelity trial
+    under a parameter count, and the published ``baselines``; in that order, each once."""
+    from lightseg_nas.search.export import choose_trials
+    from lightseg_nas.search.report import trials_dataframe
+
+    frame = trials_dataframe(study)
+    names: list[str] = []
+    searched = frame[frame.baseline.isna()] if len(frame) else frame
+    if front:
+        members = searched[searched.on_front]
+        if members.empty:
+            raise UserError(f"study {study.study_name!r} has no full-fidelity trial on its front yet")
+        names += list((_spread(members, top) if top else members).arch_id)
+    for number in trials:
+        choose_trials(study, trial=number)  # exists and finished, or one line
+        names.append(frame[frame.number == number].arch_id.iloc[0])
+    for identity in archs:
+        if not re.fullmatch(r"[0-9a-f]{12}", identity) or identity not in set(frame.arch_id.dropna()):
+            raise FieldError("arch", f"{{0}} {identity!r}: no trial of study {study.study_name!r} has this arch id")
+        names.append(identity)
+    if best_under_params is not None:
+        number = choose_trials(study, max_params=best_under_params)[0]
+        names.append(frame[frame.number == number].arch_id.iloc[0])
+    for name in baselines:
+        get_preset(name)
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def _config_for(name: str, study, num_classes: int):
+    base = name.removesuffix("-kd")
+    if base in PUBLISHED:
+        return get_preset(base).model_copy(update={"num_classes": num_classes})
+    for trial in study.get_trials(deepcopy=False):
+        record = TrialRecord.of(trial)
+        if record.config and record.arch_id == base:
+            return config_from_dict(record.config, f"trial {trial.number} (config)")
+    raise UserError(f"{base}: no trial of study {study.study_name!r} has this arch id")
+
+
+def plan_runs(
+    study_file: StudyFile, study, names: list[str], seeds: tuple[int, ...], runs_dir: Path, final_dir: Optional[Path] = None,
+    recipe: Optional[str] = None, max_steps: Optional[int] = None, teacher: Optional[str] = None,
+) -> list[FinalRun]:
+    """One run per name and seed, checked before any training: a finished run in its folder,
+    and the model file it would replace, must hold this network trained with this protocol
+    (so a smoke run with ``max_steps`` never replaces a real one)."""
+    from lightseg_nas.modelfile import load_record
+    from lightseg_nas.train import settings_from
+
+    recipe = recipe or study_file.study.final_recipe
+    if recipe is None:
+        raise FieldError("recipe", f"{study_file.path}: names no final_recipe; give {{0}} NAME ({', '.join(sorted(RECIPES))})")
+    final_dir = Path(final_dir or final_folder(study_file))
+    runs = []
+    for name in names:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise UserError(f"{name!r}: not a published network ({', '.join(PUBLISHED)}) or a 12-hex-digit arch id (optionally with -kd)")
+        config = _config_for(name, study, study_file.study.num_classes)
+        for seed in seeds:
+            distil = {"teacher": teacher} if name.endswith("-kd") else {}
+            settings = settings_from(recipe, seed=seed, val_fraction=study_file.data.val_fraction, val_seed=study_file.data.val_seed, max_steps=max_steps, **distil)
+            run = FinalRun(name, seed, config, settings, Path(runs_dir) / f"{name}-seed{seed}", final_dir / file_name(name, seed))
+            for path, hint in ((run.run_dir / "model.pt", "another runs folder"), (run.model_file, "another final folder")):
+                if path.exists():
+                    record = load_record(path)
+                    differ = changed_settings(record.get("training") or {}, settings, ignore=NOT_PROTOCOL)
+                    if differ or record.get("arch_id") != arch_id(config):
+                        raise UserError(f"{path}: holds another network or protocol ({', '.join(differ) or 'arch_id'}); choose {hint}")
+            runs.append(run)
+    return runs
+
+
+def train_runs(runs: list[FinalRun], data_spec: str, threads: int, progress: bool = True, teacher_weights: Optional[Path] = None, on_run=print) -> None:
+    """Train every run that has no finished model file yet (resuming a stopped one), then
+    keep its model file in the final folder."""
+    from lightseg_nas.train import train_to_file
+
+    for index, run in enumerate(runs, 1):
+        if run.model_file.exists():  # kept earlier, its protocol checked by plan_runs
+            on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: kept in {run.model_file}, reused")
+            continue
+        if not (run.run_dir / "model.pt").exists():
+            on_run(f"[{index}/{len(runs)}] training {run.name} seed {run.seed} ({run.settings.recipe} recipe) in {run.run_dir}")
+            train_to_file(
+                run.config, data_spec, run.run_dir, run.settings, resume=(run.run_dir / "checkpoint.pt").exists(), progress=progress,
+                teacher_weights=teacher_weights if run.distilled else None,
+            )
+        else:
+            on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: finished in {run.run_dir}, reused")
+        run.model_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = run.model_file.with_suffix(".tmp")
+        shutil.copyfile(run.run_dir / "model.pt", temporary)
+        temporary.replace(run.model_file)
+        record_threads(run.model_file.parent, run.model_file.name, threads)
+
+
+def read_ledger(final_dir: Path) -> dict:
+    path = Path(final_dir) / "trainings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_threads(final_dir: Path, name: str, threads: int) -> None:
+    """Add one entry to trainings.json (the threads each training used, for CPU-minutes)
+    under a lock (trainings run side by side), written whole and atomically."""
+    with open(Path(final_dir) / ".trainings.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ledger = {**read_ledger(final_dir), name: {"threads": threads}}
+        temporary = Path(final_dir) / f"trainings.json.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+        temporary.replace(Path(final_dir) / "trainings.json")
+
+
+def results_table(study_file: StudyFile, final_dir: Path, progress: bool = False) -> pd.DataFrame:
+    """Every model file in the final folder, scored the same way (one row per file)."""
+    from lightseg_nas.cost import count_macs, count_params, measure_latency
+    from lightseg_nas.families import build_model
+    from lightseg_nas.inference import evaluate_network, load_network
+
+    data, cost, ledger = study_file.data_spec(), study_file.cost, read_ledger(final_dir)
+    rows, models = [], {}
+    for path in sorted(Path(final_dir).glob("*.pt")):
+        model, preprocessing, record = load_network(path)
+        metrics = evaluate_network(model, preprocessing, data, "val", 224, record["training"]["val_fraction"], record["training"]["val_seed"], progress=progress)
+        threads = ledger.get(path.name, {}).get("threads")
+        rows.append({
+            "model": re.sub(r"-seed\d+$", "", path.stem), "file": path.name, "arch_id": record["arch_id"], "seed": record["training"]["seed"],
+            "teacher": "SINet (released)" if record.get("teacher") else "",
+            "params": count_params(model), "macs_conv_only_m": count_macs(model, 224, ("conv_only",))["conv_only"].macs / 1e6,
+            "val_fg_iou_224": metrics["fg_iou"] * 100, "val_miou_224": metrics["miou"] * 100, "val_boundary_f_224": metrics["boundary_f"] * 100,
+            "train_minutes": record["train_seconds"] / 60, "cpu_minutes": record["train_seconds"] / 60 * threads if threads else None,
+        })
+        models.setdefault(record["arch_id"], model)
+    if not rows:
+        return pd.DataFrame()
+    reference = build_model(get_preset(cost.reference).model_copy(update={"num_classes": study_file.study.num_classes})).eval()
+    timing = measure_latency({"reference": reference, **models}, size=cost.size, threads=cost.threads, repeats=max(30, cost.repeats), backend=cost.backend)
+    frame = pd.DataFrame(rows).sort_values(["model", "seed"], kind="stable").reset_index(drop=True)
+    frame.insert(7, "latency_ratio", [timing[a].median_ms / timing["reference"].median_ms for a in frame.arch_id])
+    return frame
+
+
+def _seed_spread(row) -> str:
+    return f"{row.val_fg_iou_224_max - row.val_fg_iou_224_min:.2f}" if "," in row.seeds else "n/a (one seed)"
+
+
+def summary(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Per network over its seeds, and one line per comparison with a published network:
+    the gap in seed means with both networks' seed spread beside it."""
+    by_model = frame.groupby("model", sort=False).agg(
+        params=("params", "first"), latency_ratio=("latency_ratio", "first"), seeds=("seed", lambda s: ",".join(map(str, sorted(s)))),
+        val_fg_iou_224_mean=("val_fg_iou_224", "mean"), val_fg_iou_224_min=("val_fg_iou_224", "min"), val_fg_iou_224_max=("val_fg_iou_224", "max"),
+    ).reset_index()
+    lines = []
+    base = by_model[by_model.model == "extremec3net"]
+    searched = by_model[~by_model.model.str.replace("-kd", "").isin(PUBLISHED) & (by_model.params <= PARAMS_LIMIT)]
+    if len(base) and len(searched):
+        c3 = base.iloc[0]
+        for _, row in searched.iterrows():
+            kd = " (distilled; ExtremeC3Net here is not)" if row.model.endswith("-kd") else ""
+            lines.append(
+                f"- {row.model}{kd} ({row.params:,} params, seeds {row.seeds}): {row.val_fg_iou_224_mean - c3.val_fg_iou_224_mean:+.2f} points against "
+                f"ExtremeC3Net (seeds {c3.seeds}) in seed means, target +0.5; seed spread {_seed_spread(row)} here, {_seed_spread(c3)} for ExtremeC3Net."
+            )
+    sinet = by_model[by_model.model == "sinet"]
+    fast = by_model[(by_model.latency_ratio <= 0.5) & ~by_model.model.isin(PUBLISHED)]
+    if len(sinet):
+        for _, row in fast.iterrows():
+            lines.append(f"- {row.model} at {row.latency_ratio:.2f}x SINet's latency: {row.val_fg_iou_224_mean - sinet.iloc[0].val_fg_iou_224_mean:+.2f} points against SINet (target within 0.5).")
+    return by_model, lines
+
+
+def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
+    """Seed-mean validation fg IoU at 224 against parameters or latency; published marked."""
+    import plotly.graph_objects as go
+
+    column = {"params": "params", "latency": "latency_ratio"}[cost]
+    label = {"params": "parameters", "latency": f"latency ratio to {study_file.cost.reference} ({study_file.cost.backend}, timed side by side)"}[cost]
+    figure = go.Figure()
+    published = by_model.model.isin(PUBLISHED)
+    for mask, name, marker in ((~published, "searched (seed mean)", dict(color="#1f77b4", size=10)), (published, "published", dict(symbol="star", size=16, color="#d62728"))):
+        part = by_model[mask]
+        if part.empty:
+            continue
+        figure.add_trace(go.Scatter(
+            x=part[column], y=part.val_fg_iou_224_mean, mode="markers+text", name=name, marker=marker, text=part.model, textposition="top center",
+            error_y=dict(type="data", symmetric=False, array=part.val_fg_iou_224_max - part.val_fg_iou_224_mean, arrayminus=part.val_fg_iou_224_mean - part.val_fg_iou_224_min),
+            customdata=part[["model", "params", "latency_ratio", "seeds"]].to_numpy(),
+            hovertemplate="%{customdata[0]}<br>val fg IoU %{y:.2f}% (seeds %{customdata[3]})<br>%{customdata[1]:,} parameters<br>latency %{customdata[2]:.2f}x<extra></extra>",
+        ))
+    synthetic = " (synthetic data)" if study_file.data.spec.startswith("synthetic") else ""
+    figure.update_layout(
+        title=f"final models of {study_file.study.name}: validation fg IoU at 224 against {label}{synthetic}", xaxis_title=label,
+        yaxis_title="validation foreground IoU at 224 (%), seed mean and range", template="plotly_white",
+    )
+    if cost == "params":
+        figure.update_xaxes(type="log")
+    return figure
+
+
+def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, png: bool = True, recipe: Optional[str] = None) -> list[Path]:
+    """results.csv, results.md and the plots (HTML, and PNG where kaleido can draw)."""
+    from lightseg_nas.search.report import _png_available, figure_html
+    from lightseg_nas.train import settings_from
+
+    final_dir = Path(final_dir)
+    by_model, lines = summary(frame)
+    frame.to_csv(final_dir / "results.csv", index=False)
+    written = [final_dir / "results.csv"]
+    png_note = _png_available() if png else "PNG export not asked for."
+    for cost in ("params", "latency"):
+        figure, name = final_figure(by_model, cost, study_file), f"final_{cost}"
+        if not png_note:
+            try:
+                (final_dir / f"{name}.png").write_bytes(figure.to_image(format="png", width=900, height=600))
+                written.append(final_dir / f"{name}.png")
+            except Exception as error:  # a browser that fails to start: keep the HTML
+                png_note = f"PNG export failed ({error.__class__.__name__})."
+        (final_dir / f"{name}.html").write_text(figure_html(figure, name, static=(final_dir / f"{name}.png").exists()))
+        written.append(final_dir / f"{name}.html")
+    recipe = recipe or study_file.study.final_recipe
+    text = [
+        f"# Final models of {study_file.study.name}",
+        "",
+        f"Trained with the `{recipe}` recipe ({json.dumps(settings_from(recipe).model_dump(include={'epochs', 'size', 'batch_size', 'lr', 'schedule', 'loss'}))}), "
+        f"on the study's data (`{study_file.data.spec}`) minus its validation split ({study_file.data.val_fraction:g}, seed {study_file.data.val_seed}); "
+        "an EG1800 test list is never read. Scored on that validation split with the papers' protocol: per-image foreground IoU at 224x224 (the papers' \"mIoU\"), mIoU over "
+        "background and foreground, boundary F, in %. Parameters and conv-only MACs (convolutions and linear layers; batch norm, activations, "
+        "pooling and resizing left out) at 224; latency_ratio: median batch-1 latency over SINet's, timed round-robin in one run "
+        f"({study_file.cost.backend}, {study_file.cost.threads} thread(s)). -kd: distilled from the released SINet, which was trained with extra "
+        "portrait data. train_minutes: wall time on this 2-core machine; cpu_minutes: times the threads used. Run-to-run noise of the "
+        "validation fg IoU (other seeds) is 0.15-0.2 points. Written by `lightseg-nas final`.",
+        "",
+        frame.to_markdown(index=False, floatfmt=".4g"),
+        "",
+        "Per network, over its seeds:",
+        "",
+        by_model.to_markdown(index=False, floatfmt=".4g"),
+        "",
+        *(lines or ["No searched network at or under 37,738 parameters has been trained yet, or ExtremeC3Net has not."]),
+        "",
+        *[f"![{name}]({name}.png)" for name in ("final_params", "final_latency") if (final_dir / f"{name}.png").exists()],
+        "",
+    ]
+    (final_dir / "results.md").write_text("\n".join(text))
+    return [final_dir / "results.md", *written]

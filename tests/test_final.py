@@ -1,0 +1,55 @@
+"""`lightseg-nas final`: a study's chosen networks trained per seed with one recipe, reused
+only when their protocol matches, and compared in one table (tiny steps here)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from lightseg_nas.cli import app
+from tests.test_bad_input import _snapshot
+from tests.test_search import write_study
+
+runner = CliRunner()
+
+
+def test_final_trains_two_networks_for_two_seeds_and_reuses_them(tmp_path):
+    study = write_study(tmp_path, fidelity="false")
+    assert runner.invoke(app, ["search", str(study), "--n-trials", "3", "--no-progress", "--no-report"]).exit_code == 0
+    args = ["final", str(study), "--front", "--top", "1", "--baselines", "sinet", "--seeds", "0,1", "--recipe", "curve",
+            "--max-steps", "1", "--runs", str(tmp_path / "runs"), "--no-png", "--threads", "1", "--no-progress"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    folder = tmp_path / "tiny-final"
+    kept = sorted(p.name for p in folder.glob("*.pt"))
+    assert len(kept) == 4 and "sinet.pt" in kept and "sinet-seed1.pt" in kept
+    assert {row["seeds"] for row in summary["networks"]} == {"0,1"} and len(summary["networks"]) == 2
+    assert all(0 <= row["val_fg_iou_224"] <= 100 and row["latency_ratio"] > 0 for row in summary["models"])
+    for name in ("results.md", "results.csv", "final_params.html", "final_latency.html"):
+        assert (folder / name).exists(), name
+    assert "Written by `lightseg-nas final`" in (folder / "results.md").read_text()
+    # the same command again: every network reused, nothing trained
+    again = runner.invoke(app, [*args, "--no-table"])
+    assert again.exit_code == 0 and "training" not in again.stderr + again.stdout and again.output.count("reused") == 4
+    # another protocol is refused before any work, and nothing changes
+    before = _snapshot(tmp_path)
+    changed = list(args)
+    changed[changed.index("--max-steps") + 1] = "2"
+    refused = runner.invoke(app, changed)
+    assert refused.exit_code == 2 and "holds another network or protocol" in refused.stderr, refused.output
+    assert len(refused.stderr.strip().splitlines()) == 1 and _snapshot(tmp_path) == before
+
+
+def test_final_refuses_bad_choices_in_one_line(tmp_path):
+    study = write_study(tmp_path, fidelity="false")
+    assert runner.invoke(app, ["search", str(study), "--n-trials", "2", "--no-progress", "--no-report"]).exit_code == 0
+    before = _snapshot(tmp_path)
+    for extra, expected in [
+        (["--seeds", "a,b"], "--seeds"), (["--top", "2"], "--top goes with --front"), (["--arch", "0123456789ab"], "no trial of study"),
+        (["--baselines", "resnet"], "resnet"), (["--trial", "99"], "has no trial 99"), (["--recipe", "fast"], "--recipe"),
+        (["--kd-weight", "2"], "No such option"), (["--teacher-weights", "x.pth"], "--teacher-weights goes with --teacher"),
+    ]:
+        result = runner.invoke(app, ["final", str(study), "--max-steps", "1", *extra])
+        assert result.exit_code == 2 and expected in result.stderr, (extra, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert _snapshot(tmp_path) == before
