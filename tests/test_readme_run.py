@@ -5,8 +5,8 @@ files) beside ``shared/data/eg1800`` (a small synthetic dataset in the EG1800 la
 the README's paths work unchanged. What the test changes, and only that:
 
 - the study files are the shipped ones with fewer trials and tiny rungs (and a tiny supernet);
-- training commands get ``--max-steps 2`` (supernet training also ``--recalibration-images 8``) and
-  compress commands ``--max-steps-per-step 1``
+- training commands get ``--max-steps 2`` (supernet training also ``--recalibration-images 8``,
+  final also ``--no-png``) and compress commands ``--max-steps-per-step 1``
   (the README's schedules are for real runs; options given twice take the last value);
 - the PostgreSQL host is a throwaway local server (skipped where PostgreSQL is absent);
 - a ``--resume`` line after a run that finished must be refused with one line (resuming a
@@ -34,7 +34,10 @@ from tests.fixtures import write_dataset
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = REPO.parent / "shared" / "reference" / "official"
 NOT_OURS = ("pip ", "python -m pytest", "createdb ", "optuna-dashboard ")
-SMOKE = {"train": ["--max-steps", "2"], "compress": ["--max-steps-per-step", "1"], "supernet": ["--max-steps", "2", "--recalibration-images", "8"]}
+SMOKE = {
+    "train": ["--max-steps", "2"], "compress": ["--max-steps-per-step", "1"], "supernet": ["--max-steps", "2", "--recalibration-images", "8"],
+    "final": ["--max-steps", "2", "--no-png"],
+}
 runner = CliRunner()
 
 
