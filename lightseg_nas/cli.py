@@ -111,6 +111,11 @@ class Schedule(str, Enum):
 Loss = Enum("Loss", {name: name for name in LOSSES}, type=str)
 
 
+class Affine(str, Enum):
+    default = "default"
+    official = "official"
+
+
 class Preprocessing(str, Enum):
     default = "default"
     released = "released"
@@ -340,6 +345,9 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay.", show_default=default_text(TrainSettings, "weight_decay")),
     schedule: Optional[Schedule] = typer.Option(None, help="Learning-rate schedule after one warm-up epoch.", show_default=default_text(TrainSettings, "schedule")),
     loss: Optional[Loss] = typer.Option(None, help="ce (cross-entropy), lovasz (Lovász hinge, per image) or ce+lovasz.", show_default=default_text(TrainSettings, "loss")),
+    edge_weight: Optional[float] = typer.Option(None, help="Weight of a Lovász hinge over a band around each mask's boundary (the official recipe's edge term: 0.5).", show_default=default_text(TrainSettings, "edge_weight")),
+    edge_band: Optional[int] = typer.Option(None, help="Width of that band in pixels (odd).", show_default=default_text(TrainSettings, "edge_band")),
+    affine: Optional[Affine] = typer.Option(None, help="Augmentation's affine warp: default (rotation 15, scale 0.75-1.25) or official (rotation 45, scale 0.5-1.5, grey borders).", show_default=default_text(TrainSettings, "affine")),
     size: Optional[int] = typer.Option(None, help="Training and validation resolution.", show_default=default_text(TrainSettings, "size")),
     seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling and augmentation.", show_default=default_text(TrainSettings, "seed")),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Scale/crop, flip, rotation, colour, blur."),
@@ -379,7 +387,7 @@ def train(
     else:
         network = _network(preset, config, None, None, classes)
     given = dict(
-        loss=_value(loss), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
+        loss=_value(loss), edge_weight=edge_weight, edge_band=edge_band, affine=_value(affine), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
         seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
         preprocessing=_value(preprocessing), max_steps=max_steps, device=device, channels_last=channels_last, compile=compile_,
         teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,

@@ -5,7 +5,9 @@
   convex surrogate of each image's foreground Jaccard loss, on the foreground margin (the
   logit of one, the foreground minus background logit of two), averaged over images; the
   papers' released networks were trained with a Lovász loss;
-* ``ce+lovasz``: their sum.
+* ``ce+lovasz``: their sum;
+* and, with ``edge_weight`` above 0, that weight times a Lovász hinge over a band around each
+  mask's boundary (``edge_band`` pixels wide), the official recipe's edge term.
 
 Logits of another size than the masks are resized (bilinear) to the masks first.
 """
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from lightseg_nas.settings import LOSSES
 
-__all__ = ["LOSSES", "segmentation_loss", "lovasz_hinge", "foreground_margin"]
+__all__ = ["LOSSES", "segmentation_loss", "lovasz_hinge", "band_lovasz_hinge", "boundary_band", "foreground_margin"]
 
 
 def foreground_margin(logits: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,25 @@ def lovasz_hinge(margins: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (F.relu(errors) * jaccard).sum(1).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+def boundary_band(masks: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, H, W) bool: pixels within a ``width`` x ``width`` square of the mask's boundary
+    (dilation minus erosion, as the official recipe's morphological band)."""
+    m = masks[:, None].float()
+    pad = width // 2
+    dilated = F.max_pool2d(m, width, stride=1, padding=pad)
+    eroded = 1 - F.max_pool2d(1 - m, width, stride=1, padding=pad)
+    return (dilated - eroded)[:, 0] > 0
+
+
+def band_lovasz_hinge(margins: torch.Tensor, masks: torch.Tensor, width: int) -> torch.Tensor:
+    """The Lovász hinge of each image over its boundary band only, averaged over the images
+    that have one (an image without foreground or background has no band)."""
+    band = boundary_band(masks, width)
+    terms = [lovasz_hinge(margins[i][band[i]][None], masks[i][band[i]][None]) for i in range(len(margins)) if band[i].any()]
+    return torch.stack(terms).mean() if terms else margins.sum() * 0
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, loss: str = "ce", edge_weight: float = 0.0, edge_band: int = 15) -> torch.Tensor:
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
     if logits.shape[-2:] != masks.shape[-2:]:
@@ -54,4 +74,6 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, loss: str = "ce
             total = F.cross_entropy(logits, masks.long())
     if loss in ("lovasz", "ce+lovasz"):
         total = total + lovasz_hinge(foreground_margin(logits), masks)
+    if edge_weight > 0:
+        total = total + edge_weight * band_lovasz_hinge(foreground_margin(logits), masks, edge_band)
     return total

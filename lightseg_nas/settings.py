@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticUndefined
 
 from lightseg_nas.errors import FieldError
@@ -60,6 +60,19 @@ LOSSES = ("ce", "lovasz", "ce+lovasz")
 
 class LossSettings(Settings):
     loss: Literal[LOSSES] = "ce"
+    # Weight of a second Lovász hinge restricted to a band around each mask's boundary (the
+    # official recipe's `Edge` term: 0.5); 0 leaves it out.
+    edge_weight: float = Field(0.0, ge=0, le=1e3)
+    # Width in pixels of that band: a square kernel, dilation minus erosion of the mask (the
+    # official recipe: 15 for the whole network, 5 for the encoder stage). Odd.
+    edge_band: int = Field(15, ge=3, le=101, strict=True)
+
+    @field_validator("edge_band")
+    @classmethod
+    def _odd_band(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be odd (a square kernel with a centre), got {value}")
+        return value
 
 
 class SplitSettings(Settings):
@@ -94,6 +107,11 @@ class TrainSettings(OptimizerSettings, LossSettings, SplitSettings, DistillSetti
     size: InputSize = 224
     seed: Seed = 0
     augment: bool = True
+    # The random affine warp of augmentation: "default" (rotation up to 15 degrees, scale
+    # 0.75-1.25, shift up to 15%, reflected borders) or "official" (the released networks'
+    # recipe: rotation up to 45 degrees, scale 0.5-1.5, shift up to a quarter of the side,
+    # grey borders).
+    affine: Literal["default", "official"] = "default"
     # Epochs (out of ``epochs``) spent first on the encoder's own output, as in the papers.
     encoder_epochs: int = Field(0, ge=0, le=100_000, strict=True)
     preprocessing: Literal["default", "released"] = "default"
@@ -196,7 +214,7 @@ def bool_fields(model: type[BaseModel]) -> set[str]:
 
 # Settings added after checkpoints and model files were first written: a stored table
 # without them is from before them (see changed_settings); any other missing key is damage.
-ADDED_LATER = frozenset({"loss", "recipe"})
+ADDED_LATER = frozenset({"loss", "recipe", "edge_weight", "edge_band", "affine"})
 
 
 def missing_settings(stored: dict, model_class: type[BaseModel], ignore=()) -> list[str]:

@@ -36,7 +36,7 @@ from lightseg_nas.errors import FieldError, UserError, stop_requested
 from lightseg_nas.losses import segmentation_loss
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import code_version, save_record
-from lightseg_nas.settings import SupernetSettings, missing_settings
+from lightseg_nas.settings import SupernetSettings, changed_settings, missing_settings
 from lightseg_nas.train import _epoch_generator, _lr_factor, prepare_batch
 
 __all__ = ["FORMAT", "train_supernet", "load_supernet", "subnet", "recalibrate", "score", "build_supernet"]
@@ -110,8 +110,8 @@ def train_supernet(
     state = load_state_file(checkpoint, "checkpoint") if resume else None
     if state is not None:
         check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, SupernetSettings)
-    if state is not None and state.get("settings") != settings.model_dump() | {"space": space, "num_classes": num_classes}:
-        raise UserError(f"{checkpoint}: was started with other settings; choose another --out or the same options")
+    if state is not None and _other_settings(state["settings"], settings, space, num_classes):
+        raise UserError(f"{checkpoint}: was started with other settings ({_other_settings(state['settings'], settings, space, num_classes)}); choose another --out or the same options")
     preprocessing = get_preprocessing("default")
     train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
     val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
@@ -122,8 +122,8 @@ def train_supernet(
         if resume:  # the checkpoint as it is now, under the lock
             state = load_state_file(checkpoint, "checkpoint")
             check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, SupernetSettings)
-            if state.get("settings") != settings.model_dump() | {"space": space, "num_classes": num_classes}:
-                raise UserError(f"{checkpoint}: was started with other settings; choose another --out or the same options")
+            if _other_settings(state["settings"], settings, space, num_classes):
+                raise UserError(f"{checkpoint}: was started with other settings ({_other_settings(state['settings'], settings, space, num_classes)}); choose another --out or the same options")
         return _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preprocessing, train_data, val_data, state, progress)
 
 
@@ -159,7 +159,7 @@ def _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preproc
             teacher, step_loss = None, 0.0
             for config in _sandwich(space, num_classes, generator, settings.random_subnets):
                 logits = supernet(x, config)
-                loss = segmentation_loss(logits, masks, settings.loss)
+                loss = segmentation_loss(logits, masks, settings.loss, settings.edge_weight, settings.edge_band)
                 if teacher is None:
                     teacher = two_class_logits(logits.detach())
                 elif settings.kd_weight > 0:
@@ -208,6 +208,14 @@ def _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preproc
     save_record(record, out_dir / "supernet.pt")
     checkpoint.unlink(missing_ok=True)
     return record
+
+
+def _other_settings(stored: dict, settings: SupernetSettings, space: str, num_classes: int) -> str:
+    """What differs between a checkpoint's settings and these ('' when nothing does); a
+    setting added after the checkpoint was written counts as its default there."""
+    differ = changed_settings(stored, settings)
+    differ += [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in (("space", space), ("num_classes", num_classes)) if stored.get(key) != value]
+    return ", ".join(differ)
 
 
 # what a supernet checkpoint holds

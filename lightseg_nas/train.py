@@ -111,7 +111,7 @@ def prepare_batch(data: SegmentationData, index: torch.Tensor, settings: TrainSe
     """The data pipeline of one training step: gather from the cache, augment, normalise."""
     images, masks = data.images[index], data.masks[index]
     if settings.augment:
-        images, masks = augment(images, masks, generator)
+        images, masks = augment(images, masks, generator, getattr(settings, "affine", "default"))
     return normalize(images.to(device), preprocessing), masks.to(device)
 
 
@@ -185,7 +185,7 @@ def fit(
                 x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, device)
                 x = place_input(x, settings.channels_last)
                 logits = model.forward_encoder(x) if encoder_only else forward(x)
-                loss = segmentation_loss(logits, masks, settings.loss)
+                loss = segmentation_loss(logits, masks, settings.loss, settings.edge_weight, settings.edge_band)
                 if extra_loss is not None and not encoder_only:
                     loss = loss + extra_loss(x, logits, masks)
                 if not torch.isfinite(loss):

@@ -58,8 +58,17 @@ def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
     return k / k.sum()
 
 
+# The random affine warp: (largest rotation in degrees, scale range, largest shift as a share
+# of the half side, border); "official" is the released networks' training recipe
+# (rotation 45, scale 0.5-1.5, shift up to 56 of 224 pixels, grey padding).
+AFFINE = {
+    "default": (15.0, (0.75, 1.25), 0.15, "reflection"),
+    "official": (45.0, (0.5, 1.5), 0.5, "grey"),
+}
+
+
 def augment(
-    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, affine: str = "default"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random scale/crop, flip, small rotation, colour, blur and noise, as in the papers.
 
@@ -72,15 +81,20 @@ def augment(
     def uniform(low, high, shape=(n,)):
         return torch.rand(shape, generator=generator).to(device) * (high - low) + low
 
-    scale = uniform(0.75, 1.25)  # <1 zooms in (a crop), >1 zooms out
-    angle = uniform(-15, 15) * math.pi / 180
+    rotation, (low, high), largest_shift, border = AFFINE[affine]
+    scale = uniform(low, high)  # <1 zooms in (a crop), >1 zooms out
+    angle = uniform(-rotation, rotation) * math.pi / 180
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(device)
-    shift = uniform(-0.15, 0.15, (n, 2))
+    shift = uniform(-largest_shift, largest_shift, (n, 2))
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    x = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    y = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="reflection", align_corners=False)[:, 0]
+    if border == "grey":  # outside the photo: grey (128) pixels and background
+        x = F.grid_sample(images.float() - 128, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 128
+        y = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
+    else:
+        x = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        y = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="reflection", align_corners=False)[:, 0]
 
     # colour: brightness, contrast, saturation
     gray = x.mean(1, keepdim=True)
