@@ -271,16 +271,26 @@ def test_eval_predict_and_onnx_default_to_the_trained_size(tmp_path):
     assert runner.invoke(app, ["eval", "--checkpoint", str(model), "--data", "synthetic:count=12"]).exit_code == 0
 
 
-def test_resume_with_other_settings_names_them(tmp_path):
+def test_resume_with_other_settings_names_them(tmp_path, monkeypatch):
+    import lightseg_nas.train as train_module
+
     out = tmp_path / "run"
     base = ["train", "--preset", "sinet", "--data", "synthetic:count=12", "--size", "32", "--batch-size", "8", "--no-progress", "--out", str(out)]
-    assert runner.invoke(app, [*base, "--epochs", "3", "--max-steps", "2"]).exit_code == 0
-    torch.save({**torch.load(out / "model.pt", weights_only=True)}, tmp_path / "keep.pt")
-    (out / "model.pt").unlink()
-    state = {"settings": {"epochs": 3, "lr": 0.001}, "model": {}, "optimizer": {}, "scheduler": {}, "history": []}
-    torch.save(state, out / "checkpoint.pt")
-    result = runner.invoke(app, [*base, "--epochs", "3", "--resume"])
+    real_fit = train_module.fit
+
+    def stopped_after_one_epoch(*args, **kwargs):
+        def stop(row):
+            raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_epoch": stop})
+
+    monkeypatch.setattr(train_module, "fit", stopped_after_one_epoch)
+    assert runner.invoke(app, [*base, "--epochs", "3", "--lr", "0.001"]).exit_code == 130
+    monkeypatch.setattr(train_module, "fit", real_fit)
+    before = (out / "checkpoint.pt").read_bytes()
+    result = runner.invoke(app, [*base, "--epochs", "3", "--resume", "--lr", "0.005"])  # given anyway, and not the checkpoint's
     assert result.exit_code == 2 and "lr 0.001 (now 0.005)" in result.stderr, result.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict", "onnx", "compress", "search", "measure"])
