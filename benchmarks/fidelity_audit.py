@@ -51,22 +51,14 @@ from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
+from lightseg_nas.search.final import spread
 from lightseg_nas.search.record import TrialRecord, rung_key
 from lightseg_nas.search.report import trials_dataframe
-from lightseg_nas.scripts import Parser, check_reusable, count, existing_file, fail, guard_results, record_protocol, seed, shard
+from lightseg_nas.scripts import Parser, add_retraining_protocol, check_reusable, count, existing_file, fail, guard_results, record_protocol, shard
 from lightseg_nas.train import settings_from, train_to_file
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
-
-
-def _spread(frame: pd.DataFrame, k: int) -> pd.DataFrame:
-    """k rows evenly spaced over the parameter range."""
-    frame = frame.sort_values("params")
-    if k <= 0 or frame.empty:
-        return frame.iloc[:0]
-    picks = sorted({round(i * (len(frame) - 1) / max(1, k - 1)) for i in range(k)})
-    return frame.iloc[picks]
 
 
 def choose(table: pd.DataFrame, count: int) -> pd.DataFrame:
@@ -80,7 +72,7 @@ def choose(table: pd.DataFrame, count: int) -> pd.DataFrame:
     k_dominated = min(len(dominated), left // 2)
     k_front = min(len(front), left - k_dominated)
     k_dominated = min(len(dominated), left - k_front)
-    return pd.concat([baselines, _spread(front, k_front), _spread(dominated, k_dominated)])
+    return pd.concat([baselines, spread(front, k_front), spread(dominated, k_dominated)])
 
 
 def shard_of(chosen: pd.DataFrame, part: tuple[int, int]) -> pd.DataFrame:
@@ -99,13 +91,7 @@ def main() -> None:
     parser = Parser(__doc__)
     parser.add_argument("study", nargs="?", type=existing_file, default=REPO / "studies" / "eg1800_extremec3.toml")
     parser.add_argument("--count", type=count(1, 1000), default=12)
-    parser.add_argument("--epochs", type=count(1, 10_000), default=15)
-    parser.add_argument("--size", type=count(32, 2048), default=160)
-    parser.add_argument("--eval-size", type=count(32, 2048), default=224)
-    parser.add_argument("--batch-size", type=count(1, 4096), default=16)
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "audit")
+    add_retraining_protocol(parser, REPO / "runs" / "audit")
     parser.add_argument("--threads", type=count(1, 1024), default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--supernet", type=existing_file, default=None, help="score every audited network with this supernet too")

@@ -42,10 +42,11 @@ from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
+from lightseg_nas.search.final import spread
 from lightseg_nas.search.pareto import hypervolume
 from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.report import trials_dataframe
-from lightseg_nas.scripts import Parser, check_reusable, count, existing_file, fail, guard_results, record_protocol, seed, shard
+from lightseg_nas.scripts import Parser, add_retraining_protocol, check_reusable, count, existing_file, fail, guard_results, record_protocol, shard
 from lightseg_nas.train import settings_from, train_to_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +54,6 @@ OUT = Path(__file__).parent / "results"
 # what must match for a network trained earlier in --runs to be reused
 # the objectives of the hypervolume: fg IoU (maximised), then the costs (minimised)
 OBJECTIVES = ["final_val_fg_iou", "params", "latency_ratio"]
-
-
-def spread(frame: pd.DataFrame, k: int) -> pd.DataFrame:
-    """k rows evenly spaced over the parameter range (all of them if there are fewer)."""
-    frame, k = frame.sort_values("params"), min(k, len(frame))
-    picks = sorted({round(i * (len(frame) - 1) / max(1, k - 1)) for i in range(k)})
-    return frame.iloc[picks]
 
 
 def hypervolume_gain(points: np.ndarray, published: np.ndarray, scale: np.ndarray) -> float:
@@ -116,13 +110,7 @@ def main() -> None:
     parser.add_argument("rung_study", nargs="?", type=existing_file, default=REPO / "studies" / "eg1800_extremec3.toml")
     parser.add_argument("supernet_study", nargs="?", type=existing_file, default=REPO / "studies" / "eg1800_extremec3_supernet.toml")
     parser.add_argument("--top", type=count(1, 1000), default=6)
-    parser.add_argument("--epochs", type=count(1, 10_000), default=15)
-    parser.add_argument("--size", type=count(32, 2048), default=160)
-    parser.add_argument("--eval-size", type=count(32, 2048), default=224)
-    parser.add_argument("--batch-size", type=count(1, 4096), default=16)
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "audit")
+    add_retraining_protocol(parser, REPO / "runs" / "audit")
     parser.add_argument("--threads", type=count(1, 1024), default=1)
     parser.add_argument("--shard", type=shard, default=None, help="K/N: train only this share of the networks, write no table")
     parser.add_argument("--out", type=Path, default=OUT)

@@ -392,9 +392,9 @@ def train(
         preprocessing=_value(preprocessing), max_steps=max_steps, device=device, channels_last=channels_last, compile=compile_,
         teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
     )
-    stored = {k: v for k, v in stored.items() if k != "recipe"} | ({"recipe": stored["recipe"]} if stored.get("recipe") and recipe is None else {})
+    stored_recipe = stored.pop("recipe", None)
     _refuse_kd_without_teacher(teacher or stored.get("teacher"), kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight)
-    settings = settings_from(recipe=recipe, **{**stored, **{k: v for k, v in given.items() if v is not None}})
+    settings = settings_from(recipe=recipe or stored_recipe, **{**stored, **{k: v for k, v in given.items() if v is not None}})
     data = data or stored_data or "synthetic"
     _set_threads(threads)
     record = train_to_file(network, data, out, settings, resume=resume, progress=progress, teacher_weights=teacher_weights)
@@ -616,12 +616,6 @@ StorageOption = typer.Option(None, "--storage", help="Optuna storage URL: sqlite
 StudyNameOption = typer.Option(None, "--study-name", help="Study name in the storage.", show_default="the study file's name")
 
 
-def _derived_folder(study_file, study_name: Optional[str], kind: str) -> Path:
-    from lightseg_nas.search.study_file import derived_folder
-
-    return derived_folder(study_file, kind, study_name)
-
-
 def _print_report(report, folder: Path) -> None:
     typer.echo(f"report: {folder / 'summary.md'} (Pareto plots, hypervolume, trials.csv)")
     if report.note:
@@ -647,6 +641,7 @@ def search(
     """
     from lightseg_nas.checks import check_finite_number
     from lightseg_nas.search import load_study_file, run_search, write_report
+    from lightseg_nas.search.study_file import derived_folder
 
     _check_int(n_trials, "--n-trials", 1, 1_000_000)
     _check_int(workers, "--workers", 1, 256)
@@ -655,7 +650,7 @@ def search(
     if workers == 1:
         _set_threads(threads)
     study_file = load_study_file(study)
-    folder = _derived_folder(study_file, study_name, "report")
+    folder = derived_folder(study_file, "report", study_name)
     if report:
         from lightseg_nas.search.report import check_report_folder
 
@@ -688,10 +683,11 @@ def report_command(
 ):
     """Write Pareto fronts (HTML, PNG), hypervolume over trials, trials.csv and summary.md."""
     from lightseg_nas.search import load_study_file, open_study, write_report
+    from lightseg_nas.search.study_file import derived_folder
     from lightseg_nas.search.report import check_report_folder
 
     study_file = load_study_file(study, needs_data=False)
-    folder = check_report_folder(out or _derived_folder(study_file, study_name, "report"))
+    folder = check_report_folder(out or derived_folder(study_file, "report", study_name))
     result = open_study(study_file, storage, study_name, create=False)
     _print_report(write_report(result, folder, png=png, study_file=study_file), folder)
 
@@ -711,9 +707,10 @@ def export(
     from lightseg_nas.checks import check_output_dir
     from lightseg_nas.search import choose_trials, export_trials, load_study_file, open_study
     from lightseg_nas.search.export import fidelity_note
+    from lightseg_nas.search.study_file import derived_folder
 
     study_file = load_study_file(study, needs_data=False)
-    folder = check_output_dir(out or _derived_folder(study_file, study_name, "export"))
+    folder = check_output_dir(out or derived_folder(study_file, "export", study_name))
     result = open_study(study_file, storage, study_name, create=False)
     numbers = choose_trials(result, trial, best_under_params, front)
     for number, path in zip(numbers, export_trials(result, numbers, folder)):
@@ -763,7 +760,6 @@ def final(
         _check_int(value, "--seeds", 0, SEED_MAX)
     _check_int(top, "--top", 1, 10_000)
     _check_int(max_steps, "--max-steps", 1, 10**9)
-    _refuse_kd_without_teacher(teacher)
     if teacher_weights is not None and teacher is None:
         raise FieldError(("teacher_weights", "teacher"), "{0} goes with {1} PRESET")
     if top is not None and not front:

@@ -13,13 +13,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from lightseg_nas.settings import SEED_MAX
 
-__all__ = ["Parser", "count", "seed", "shard", "existing_file", "fail", "check_reusable", "guard_results", "record_protocol"]
+__all__ = ["Parser", "add_retraining_protocol", "positive_number", "count", "seed", "shard", "existing_file", "fail", "check_reusable", "guard_results", "record_protocol"]
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
+def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -70,17 +71,35 @@ def existing_file(text: str) -> Path:
     return path
 
 
-def check_reusable(model_file: Path, settings, ignore=()) -> None:
-    """A finished model file under a benchmark's runs folder is reused only when its training
-    settings are the protocol's; otherwise one line, before any training."""
-    from lightseg_nas.modelfile import load_record
-    from lightseg_nas.settings import changed_settings
-    from lightseg_nas.speed import SPEED_FIELDS
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+    return value
 
-    if not Path(model_file).exists():
-        return
-    record = load_record(model_file)
-    differ = changed_settings(record.get("training") or {}, settings, ignore=(*SPEED_FIELDS, *ignore))
+
+def add_retraining_protocol(parser: argparse.ArgumentParser, runs: Path) -> None:
+    """The stand-alone retraining protocol the audit and the search comparison share (15
+    epochs at 160 px, batch 16, lr 5e-3, seed 0, scored at 224) and their runs folder."""
+    parser.add_argument("--epochs", type=count(1, 10_000), default=15)
+    parser.add_argument("--size", type=count(32, 2048), default=160)
+    parser.add_argument("--eval-size", type=count(32, 2048), default=224)
+    parser.add_argument("--batch-size", type=count(1, 4096), default=16)
+    parser.add_argument("--lr", type=positive_number, default=5e-3)
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--runs", type=Path, default=runs)
+
+
+def check_reusable(model_file: Path, settings) -> None:
+    """A finished model file under a benchmark's runs folder is reused only when the
+    trainer's protocol check passes (train.protocol_differences); otherwise one line, before
+    any training."""
+    from lightseg_nas.train import protocol_differences
+
+    differ = protocol_differences(model_file, settings) if Path(model_file).exists() else []
     if differ:
         fail(f"{model_file}: was trained with another protocol ({', '.join(differ)}); give another --runs folder to train with this one")
 

@@ -110,8 +110,8 @@ def train_supernet(
     state = load_state_file(checkpoint, "checkpoint") if resume else None
     if state is not None:
         check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, SupernetSettings)
-    if state is not None and _other_settings(state["settings"], settings, space, num_classes):
-        raise UserError(f"{checkpoint}: was started with other settings ({_other_settings(state['settings'], settings, space, num_classes)}); choose another --out or the same options")
+    if state is not None:
+        _check_same_settings(checkpoint, state["settings"], settings, space, num_classes)
     preprocessing = get_preprocessing("default")
     train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
     val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
@@ -122,8 +122,7 @@ def train_supernet(
         if resume:  # the checkpoint as it is now, under the lock
             state = load_state_file(checkpoint, "checkpoint")
             check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, SupernetSettings)
-            if _other_settings(state["settings"], settings, space, num_classes):
-                raise UserError(f"{checkpoint}: was started with other settings ({_other_settings(state['settings'], settings, space, num_classes)}); choose another --out or the same options")
+            _check_same_settings(checkpoint, state["settings"], settings, space, num_classes)
         return _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preprocessing, train_data, val_data, state, progress)
 
 
@@ -210,12 +209,13 @@ def _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preproc
     return record
 
 
-def _other_settings(stored: dict, settings: SupernetSettings, space: str, num_classes: int) -> str:
-    """What differs between a checkpoint's settings and these ('' when nothing does); a
-    setting added after the checkpoint was written counts as its default there."""
+def _check_same_settings(checkpoint: Path, stored: dict, settings: SupernetSettings, space: str, num_classes: int) -> None:
+    """A resume continues the run its checkpoint names; a setting added after the checkpoint
+    was written counts as its default there."""
     differ = changed_settings(stored, settings)
     differ += [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in (("space", space), ("num_classes", num_classes)) if stored.get(key) != value]
-    return ", ".join(differ)
+    if differ:
+        raise UserError(f"{checkpoint}: was started with other settings ({', '.join(differ)}); choose another --out or the same options")
 
 
 # what a supernet checkpoint holds

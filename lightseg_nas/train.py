@@ -45,6 +45,24 @@ def settings_from(recipe: Optional[str] = None, **values) -> TrainSettings:
     return settings
 
 
+# Settings that change how fast a run goes, or only name its values, not what it computes:
+# a finished run is reused for a protocol when every other setting matches.
+NOT_PROTOCOL = (*SPEED_FIELDS, "device", "recipe")
+
+
+def protocol_differences(model_file: Path, settings: TrainSettings, config=None) -> list[str]:
+    """How a finished model file's training differs from ``settings`` (and, with ``config``,
+    whether it holds another network): empty when it may be reused for this protocol."""
+    from lightseg_nas.config import arch_id
+    from lightseg_nas.modelfile import load_record
+
+    record = load_record(model_file)
+    differ = changed_settings(record.get("training") or {}, settings, ignore=NOT_PROTOCOL)
+    if config is not None and record.get("arch_id") != arch_id(config):
+        differ.append("arch_id")
+    return differ
+
+
 def check_run_folder(out_dir: Path, resume: bool) -> Path:
     """A run folder that a new run may use (nothing finished or unfinished there) or, with
     ``resume``, one that holds an unfinished run."""

@@ -24,20 +24,17 @@ from typing import Optional
 
 import pandas as pd
 
-from lightseg_nas.config import arch_id, config_from_dict
+from lightseg_nas.config import config_from_dict
 from lightseg_nas.errors import FieldError, UserError
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.study_file import StudyFile, derived_folder
-from lightseg_nas.settings import RECIPES, changed_settings
+from lightseg_nas.settings import RECIPES
 
-__all__ = ["PUBLISHED", "FinalRun", "choose_networks", "plan_runs", "train_runs", "results_table", "write_results", "file_name"]
+__all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "results_table", "write_results", "file_name"]
 
 PUBLISHED = ("extremec3net", "sinet")
 PARAMS_LIMIT = 37_738  # ExtremeC3Net's published parameter count
-# Settings that change how fast a run goes, or only name its values, not what it computes:
-# a reused run must match every other setting.
-NOT_PROTOCOL = ("channels_last", "compile", "device", "recipe")
 NAME_PATTERN = r"(extremec3net|sinet|[0-9a-f]{12})(-kd)?"
 
 
@@ -63,8 +60,11 @@ def final_folder(study_file: StudyFile) -> Path:
     return derived_folder(study_file, "final")
 
 
-def _spread(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+def spread(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    """k rows evenly spaced over the parameter range (all of them if there are fewer)."""
     frame, k = frame.sort_values("params"), min(k, len(frame))
+    if k <= 0:
+        return frame.iloc[:0]
     picks = sorted({round(i * (len(frame) - 1) / max(1, k - 1)) for i in range(k)})
     return frame.iloc[picks]
 
@@ -86,7 +86,7 @@ def choose_networks(
         members = searched[searched.on_front]
         if members.empty:
             raise UserError(f"study {study.study_name!r} has no full-fidelity trial on its front yet")
-        names += list((_spread(members, top) if top else members).arch_id)
+        names += list((spread(members, top) if top else members).arch_id)
     for number in trials:
         choose_trials(study, trial=number)  # exists and finished, or one line
         names.append(frame[frame.number == number].arch_id.iloc[0])
@@ -121,8 +121,7 @@ def plan_runs(
     """One run per name and seed, checked before any training: a finished run in its folder,
     and the model file it would replace, must hold this network trained with this protocol
     (so a smoke run with ``max_steps`` never replaces a real one)."""
-    from lightseg_nas.modelfile import load_record
-    from lightseg_nas.train import settings_from
+    from lightseg_nas.train import protocol_differences, settings_from
 
     recipe = recipe or study_file.study.final_recipe
     if recipe is None:
@@ -138,11 +137,9 @@ def plan_runs(
             settings = settings_from(recipe, seed=seed, val_fraction=study_file.data.val_fraction, val_seed=study_file.data.val_seed, max_steps=max_steps, **distil)
             run = FinalRun(name, seed, config, settings, Path(runs_dir) / f"{name}-seed{seed}", final_dir / file_name(name, seed))
             for path, hint in ((run.run_dir / "model.pt", "another runs folder"), (run.model_file, "another final folder")):
-                if path.exists():
-                    record = load_record(path)
-                    differ = changed_settings(record.get("training") or {}, settings, ignore=NOT_PROTOCOL)
-                    if differ or record.get("arch_id") != arch_id(config):
-                        raise UserError(f"{path}: holds another network or protocol ({', '.join(differ) or 'arch_id'}); choose {hint}")
+                differ = protocol_differences(path, settings, config) if path.exists() else []
+                if differ:
+                    raise UserError(f"{path}: holds another network or protocol ({', '.join(differ)}); choose {hint}")
             runs.append(run)
     return runs
 
