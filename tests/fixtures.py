@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +38,24 @@ def write_dataset(root: Path, layout: str, count: int = 10, mask_scale: int = 25
     (root / "eg1800_train.txt").write_text("\n".join(names[: count - 2]) + "\n")
     (root / "eg1800_test.txt").write_text("\n".join(names[count - 2 :]) + "\n")
     return root
+
+
+@contextlib.contextmanager
+def stopping_after_one_epoch():
+    """While held, every training (train.fit) stops with KeyboardInterrupt right after its
+    first epoch's checkpoint, as a stop by hand would."""
+    import lightseg_nas.train as train_module
+
+    real = train_module.fit
+
+    def stopped(*args, **kwargs):
+        def stop(row):
+            raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_epoch": stop})
+
+    train_module.fit = stopped
+    try:
+        yield
+    finally:
+        train_module.fit = real

@@ -191,14 +191,14 @@ def test_a_report_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
 
 
 def test_two_study_files_with_one_name_get_their_own_report_folders(tmp_path):
-    from lightseg_nas.cli import _derived_folder
+    from lightseg_nas.search.study_file import derived_folder
 
     first = write_study(tmp_path)
     second = tmp_path / "other.toml"
     second.write_text(first.read_text())
-    folders = {_derived_folder(load_study_file(p), None, "report") for p in (first, second)}
+    folders = {derived_folder(load_study_file(p), "report") for p in (first, second)}
     assert folders == {tmp_path / "tiny-report", tmp_path / "other-report"}
-    assert _derived_folder(load_study_file(first), "b", "export") == tmp_path / "tiny-b-export"
+    assert derived_folder(load_study_file(first), "export", "b") == tmp_path / "tiny-b-export"
 
 
 # -- images ------------------------------------------------------------------------------
@@ -271,22 +271,13 @@ def test_eval_predict_and_onnx_default_to_the_trained_size(tmp_path):
     assert runner.invoke(app, ["eval", "--checkpoint", str(model), "--data", "synthetic:count=12"]).exit_code == 0
 
 
-def test_resume_with_other_settings_names_them(tmp_path, monkeypatch):
-    import lightseg_nas.train as train_module
+def test_resume_with_other_settings_names_them(tmp_path):
+    from tests.fixtures import stopping_after_one_epoch
 
     out = tmp_path / "run"
     base = ["train", "--preset", "sinet", "--data", "synthetic:count=12", "--size", "32", "--batch-size", "8", "--no-progress", "--out", str(out)]
-    real_fit = train_module.fit
-
-    def stopped_after_one_epoch(*args, **kwargs):
-        def stop(row):
-            raise KeyboardInterrupt
-
-        return real_fit(*args, **{**kwargs, "on_epoch": stop})
-
-    monkeypatch.setattr(train_module, "fit", stopped_after_one_epoch)
-    assert runner.invoke(app, [*base, "--epochs", "3", "--lr", "0.001"]).exit_code == 130
-    monkeypatch.setattr(train_module, "fit", real_fit)
+    with stopping_after_one_epoch():
+        assert runner.invoke(app, [*base, "--epochs", "3", "--lr", "0.001"]).exit_code == 130
     before = (out / "checkpoint.pt").read_bytes()
     result = runner.invoke(app, [*base, "--epochs", "3", "--resume", "--lr", "0.005"])  # given anyway, and not the checkpoint's
     assert result.exit_code == 2 and "lr 0.001 (now 0.005)" in result.stderr, result.stderr

@@ -206,22 +206,13 @@ def test_cli_resume_continues_a_stopped_run(tmp_path):
     assert [row["epoch"] for row in torch.load(out / "model.pt", weights_only=True)["history"]] == [1, 2]
 
 
-def test_resume_takes_network_data_and_settings_from_the_checkpoint(tmp_path, monkeypatch):
-    import lightseg_nas.train as train_module
+def test_resume_takes_network_data_and_settings_from_the_checkpoint(tmp_path):
+    from tests.fixtures import stopping_after_one_epoch
 
     out = tmp_path / "run"
     args = ["train", "--preset", "sinet", "--data", "synthetic:count=8", "--out", str(out), "--size", "64", "--batch-size", "4", "--epochs", "2", "--lr", "0.002", "--no-progress"]
-    real_fit = train_module.fit
-
-    def stopped_after_one_epoch(*a, **k):
-        def stop(row):
-            raise KeyboardInterrupt
-
-        return real_fit(*a, **{**k, "on_epoch": stop})
-
-    monkeypatch.setattr(train_module, "fit", stopped_after_one_epoch)
-    assert runner.invoke(app, args).exit_code == 130 and (out / "checkpoint.pt").exists()
-    monkeypatch.setattr(train_module, "fit", real_fit)
+    with stopping_after_one_epoch():
+        assert runner.invoke(app, args).exit_code == 130 and (out / "checkpoint.pt").exists()
     resumed = runner.invoke(app, ["train", "--out", str(out), "--resume", "--no-progress"])  # nothing repeated
     assert resumed.exit_code == 0, resumed.output
     record = torch.load(out / "model.pt", weights_only=True)
