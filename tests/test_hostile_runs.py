@@ -304,12 +304,15 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_virtualenv():
 
 
 def _readme_commands() -> list[list[str]]:
-    """Every `lightseg-nas ...` line of the README's bash blocks (continuations joined,
+    """Every `lightseg-nas ...` line of the bash blocks of the README and the docs pages (continuations joined,
     comments and [optional] parts dropped)."""
     import shlex
 
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+    from tests.test_readme_run import DOC_PAGES
+
+    pages = "\n".join((REPO / page).read_text() for page in DOC_PAGES)
+    for block in re.findall(r"```bash\n(.*?)```", pages, re.S):
         text = re.sub(r"\\\n\s*", " ", block)
         for line in text.splitlines():
             line = re.sub(r"\s+#.*$", "", re.sub(r"\[--[^\]]*\]", "", line)).strip()

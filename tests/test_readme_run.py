@@ -1,4 +1,5 @@
-"""Every command block of the README, run in order on synthetic data.
+"""Every command block of the README and of the docs pages (DOC_PAGES, in that order), run
+on synthetic data.
 
 The sandbox mirrors a checkout: ``main/`` (the working folder, with the README's study
 files) beside ``shared/data/eg1800`` (a small synthetic dataset in the EG1800 layout), so
@@ -41,9 +42,15 @@ SMOKE = {
 runner = CliRunner()
 
 
+# The README, then the docs pages in the order a reader follows them (later pages use what
+# earlier ones made: the search page trains the winner the compress page's lines do not).
+DOC_PAGES = ["README.md", "docs/concepts.md", "docs/usage.md", "docs/compress.md", "docs/search.md", "docs/supernet.md",
+             "docs/scale-out.md", "docs/bad-input.md", "docs/networks.md", "benchmarks/results/README.md"]
+
+
 def readme_blocks() -> list[tuple[str, str]]:
-    """(language, text) of every fenced bash or python block, in order."""
-    return re.findall(r"```(bash|python)\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    """(language, text) of every fenced bash or python block of every page, in order."""
+    return [block for page in DOC_PAGES for block in re.findall(r"```(bash|python)\n(.*?)```", (REPO / page).read_text(), re.S)]
 
 
 def command_lines(block: str) -> list[str]:
@@ -135,6 +142,18 @@ def test_every_readme_command_block_runs_on_synthetic_data(tmp_path, monkeypatch
                  "runs/winner-small.pt", "winner-small.onnx", "runs/net/model.pt", "net.onnx", "previews/photo_mask.png"]:
         assert (main / path).exists(), path
     print(f"ran {len(ran)} README commands; not run: {skipped}")
+
+
+def test_every_docs_page_is_run():
+    pages = {str(path.relative_to(REPO)) for path in (REPO / "docs").glob("*.md")} | {"README.md", "benchmarks/results/README.md"}
+    assert pages == set(DOC_PAGES)
+
+
+def test_the_readme_is_short_and_links_only_pages_that_exist():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
+        assert (REPO / target).exists(), target
 
 
 def test_the_readme_lists_no_command_the_runner_cannot_classify():
