@@ -17,27 +17,24 @@ The family that defines the blocks defines the elastic modules
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
-from tqdm import tqdm
-
-from lightseg_nas.progress import log_line, percent
+from lightseg_nas.progress import percent
 
 import search_spaces
-from lightseg_nas.checks import check_finite_state, check_output_dir, check_run_state, folder_lock, load_state_file
+from lightseg_nas import runs
+from lightseg_nas.checks import check_finite_state, load_state_file
 from lightseg_nas.data import SegmentationData, load_split, split_fingerprint
 from lightseg_nas.data.transforms import get_preprocessing, normalize
 from lightseg_nas.distill import pixel_kd, two_class_logits
-from lightseg_nas.errors import FieldError, UserError, stop_requested
+from lightseg_nas.errors import FieldError, UserError
 from lightseg_nas.losses import segmentation_loss
 from lightseg_nas.metrics import evaluate
-from lightseg_nas.modelfile import code_version, save_record
+from lightseg_nas.modelfile import code_version
 from lightseg_nas.settings import SupernetSettings, changed_settings, missing_settings
-from lightseg_nas.train import _epoch_generator, _lr_factor, prepare_batch
 
 __all__ = ["FORMAT", "train_supernet", "load_supernet", "subnet", "recalibrate", "score", "build_supernet"]
 
@@ -99,92 +96,62 @@ def train_supernet(
     search_spaces.supernet_space(space)
     if num_classes not in (1, 2):
         raise FieldError("classes", f"{{0}} must be 1 or 2, got {num_classes}")
-    out_dir = check_output_dir(Path(out_dir))
-    final, checkpoint = out_dir / "supernet.pt", out_dir / "checkpoint.pt"
-    if final.exists() and not checkpoint.exists():
-        raise FieldError("out", f"{out_dir}: already holds a finished supernet.pt; choose another {{0}}")
-    if checkpoint.exists() and not resume:
-        raise FieldError(("resume", "out"), f"{out_dir}: holds an unfinished run; pass {{0}} to continue it or choose another {{1}}")
-    if resume and not checkpoint.exists():
-        raise FieldError("resume", f"{out_dir}: nothing to resume (no checkpoint.pt); leave out {{0}} to start a new run")
-    state = load_state_file(checkpoint, "checkpoint") if resume else None
-    if state is not None:
-        check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, SupernetSettings)
-    if state is not None:
-        _check_same_settings(checkpoint, state["settings"], settings, space, num_classes)
+    out_dir = runs.check_run_folder(out_dir, resume, "supernet.pt")
+    checkpoint = out_dir / runs.CHECKPOINT
+
+    def differences(stored: dict) -> list[str]:
+        """A resume continues the run its checkpoint names; a setting added after the
+        checkpoint was written counts as its default there."""
+        differ = changed_settings(stored, settings)
+        return differ + [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in (("space", space), ("num_classes", num_classes)) if stored.get(key) != value]
+
+    if resume:  # said before any data is loaded
+        runs.read_checkpoint(checkpoint, SupernetSettings, differences, "settings")
     preprocessing = get_preprocessing("default")
     train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
     val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
-    with folder_lock(out_dir, "supernet training"):
-        # checked again under the lock: another run may have finished or started meanwhile
-        if final.exists() and not checkpoint.exists() or (checkpoint.exists() and not resume) or (resume and not checkpoint.exists()):
-            raise FieldError("out", f"{out_dir}: another supernet training wrote here meanwhile; choose another {{0}}")
-        if resume:  # the checkpoint as it is now, under the lock
-            state = load_state_file(checkpoint, "checkpoint")
-            check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, SupernetSettings)
-            _check_same_settings(checkpoint, state["settings"], settings, space, num_classes)
+    with runs.locked_run(out_dir, resume, "supernet training", "supernet.pt"):
+        state = runs.read_checkpoint(checkpoint, SupernetSettings, differences, "settings") if resume else None  # as it is now, under the lock
         return _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preprocessing, train_data, val_data, state, progress)
 
 
 def _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preprocessing, train_data, val_data, state, progress) -> dict:
     torch.manual_seed(settings.seed)
     supernet = build_supernet(space, num_classes)
-    optimizer = torch.optim.Adam(supernet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = -(-len(train_data) // settings.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(settings, step, steps_per_epoch))
-    history, start_epoch = [], 0
-    tagged = settings.model_dump() | {"space": space, "num_classes": num_classes}
-    if state is not None:
-        supernet.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, start_epoch = state["history"], len(state["history"])
     module = search_spaces.supernet_space(space)
     ends = {"largest": module.largest(num_classes), "smallest": module.smallest(num_classes)}
     recalibration = _first(train_data, settings.recalibration_images)
-    step = start_epoch * steps_per_epoch
-    epochs = tqdm(range(start_epoch, settings.epochs), desc=f"supernet {space}", unit="epoch", disable=None if progress else True, initial=start_epoch, total=settings.epochs)
-    for epoch in epochs:
-        generator = _epoch_generator(settings.seed, epoch)
-        order = torch.randperm(len(train_data), generator=generator)
-        started, total_loss, batches = time.perf_counter(), 0.0, 0
-        supernet.train()
-        for first in range(0, len(order), settings.batch_size):
-            if settings.max_steps is not None and step >= settings.max_steps:
-                break
-            stop_requested()
-            x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, "cpu")
-            optimizer.zero_grad(set_to_none=True)
-            teacher, step_loss = None, 0.0
-            for config in _sandwich(space, num_classes, generator, settings.random_subnets):
-                logits = supernet(x, config)
-                loss = segmentation_loss(logits, masks, settings.loss, settings.edge_weight, settings.edge_band)
-                if teacher is None:
-                    teacher = two_class_logits(logits.detach())
-                elif settings.kd_weight > 0:
-                    loss = loss + settings.kd_weight * pixel_kd(two_class_logits(logits), teacher, settings.kd_temperature)
-                if not torch.isfinite(loss):
-                    raise UserError(f"supernet training diverged: loss {loss.item()} at epoch {epoch + 1}, step {step}; try a lower --lr")
-                loss.backward()
-                step_loss += loss.item()
-            optimizer.step()
-            scheduler.step()
-            total_loss += step_loss
-            batches += 1
-            step += 1
-        if batches == 0:
-            break
-        row = {"epoch": epoch + 1, "loss": total_loss / batches, "seconds": time.perf_counter() - started}
-        for name, config in ends.items():
-            metrics = score(supernet, config, recalibration, val_data, preprocessing)
-            row.update({f"val_{name}_{k}": v for k, v in metrics.items()})
-        history.append(row)
-        epochs.set_postfix(loss=f"{row['loss']:.3f}", largest=percent(row["val_largest_fg_iou"]), smallest=percent(row["val_smallest_fg_iou"]))
-        log_line(
-            progress, f"supernet epoch {epoch + 1}/{settings.epochs}: loss {row['loss']:.3f}, validation fg IoU "
-            f"{percent(row['val_largest_fg_iou'])} (largest), {percent(row['val_smallest_fg_iou'])} (smallest), {row['seconds']:.0f}s",
+
+    def sandwich_step(x, masks, generator, epoch):
+        """The largest, the smallest and random sub-networks, each a backward pass; all
+        but the largest also distilled from it (in place)."""
+        teacher, total = None, 0.0
+        for config in _sandwich(space, num_classes, generator, settings.random_subnets):
+            logits = supernet(x, config)
+            loss = segmentation_loss(logits, masks, settings.loss, settings.edge_weight, settings.edge_band)
+            if teacher is None:
+                teacher = two_class_logits(logits.detach())
+            elif settings.kd_weight > 0:
+                loss = loss + settings.kd_weight * pixel_kd(two_class_logits(logits), teacher, settings.kd_temperature)
+            if not torch.isfinite(loss):
+                return loss
+            loss.backward()
+            total += loss.item()
+        return torch.tensor(total, dtype=torch.float64)
+
+    def validate(epoch):
+        return {f"val_{name}_{k}": v for name, config in ends.items() for k, v in score(supernet, config, recalibration, val_data, preprocessing).items()}
+
+    try:
+        history = runs.train_epochs(
+            supernet, train_data, settings, preprocessing, sandwich_step, validate, state=state, checkpoint=checkpoint,
+            stored_settings=settings.model_dump() | {"space": space, "num_classes": num_classes},
+            describe=lambda row: f"validation fg IoU {percent(row['val_largest_fg_iou'])} (largest), {percent(row['val_smallest_fg_iou'])} (smallest)",
+            postfix=lambda row: {"largest": percent(row["val_largest_fg_iou"]), "smallest": percent(row["val_smallest_fg_iou"])},
+            desc=f"supernet {space}", label="supernet ", progress=progress,
         )
-        save_record({"model": supernet.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history, "settings": tagged}, checkpoint)
+    except FloatingPointError as error:
+        raise UserError(f"supernet training diverged: {error}; try a lower --lr") from None
     check_finite_state(supernet.state_dict(), "the trained supernet")
     record = {
         "format": FORMAT,
@@ -204,22 +171,11 @@ def _train(space, num_classes, data_spec, out_dir, checkpoint, settings, preproc
         "train_seconds": sum(row["seconds"] for row in history),
         "code_version": code_version(),
     }
-    save_record(record, out_dir / "supernet.pt")
-    checkpoint.unlink(missing_ok=True)
-    return record
-
-
-def _check_same_settings(checkpoint: Path, stored: dict, settings: SupernetSettings, space: str, num_classes: int) -> None:
-    """A resume continues the run its checkpoint names; a setting added after the checkpoint
-    was written counts as its default there."""
-    differ = changed_settings(stored, settings)
-    differ += [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in (("space", space), ("num_classes", num_classes)) if stored.get(key) != value]
-    if differ:
-        raise UserError(f"{checkpoint}: was started with other settings ({', '.join(differ)}); choose another --out or the same options")
+    return runs.finish(record, out_dir, "supernet.pt")
 
 
 # what a supernet checkpoint holds
-CHECKPOINT_PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "history": list, "settings": dict}
+CHECKPOINT_PARTS = runs.CHECKPOINT_PARTS
 
 
 def load_supernet(path: str | Path) -> tuple[nn.Module, dict]:

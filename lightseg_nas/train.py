@@ -11,23 +11,23 @@ exactly: each epoch's shuffling and augmentation come from a generator seeded by
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from lightseg_nas.checks import check_finite_state, check_output_dir, check_run_state, folder_lock, load_state_file, non_finite_tensors
+from lightseg_nas import runs
+from lightseg_nas.checks import check_finite_state, check_run_state, load_state_file
 from lightseg_nas.data import SegmentationData, load_split
 from lightseg_nas.data.transforms import augment, get_preprocessing, normalize
 from lightseg_nas.distill import Distiller, load_teacher
-from lightseg_nas.errors import FieldError, UserError, stop_requested
+from lightseg_nas.errors import FieldError, UserError
 from lightseg_nas.families import build_model
 from lightseg_nas.losses import segmentation_loss
 from lightseg_nas.metrics import evaluate
-from lightseg_nas.modelfile import make_record, save_record
+from lightseg_nas.modelfile import make_record
 from lightseg_nas.settings import RECIPES, TrainSettings, changed_settings, parse_options
-from lightseg_nas.speed import SPEED_FIELDS, compiled, place_input, place_model, use_compile
+from lightseg_nas.speed import SPEED_FIELDS, compiled, place_model, use_compile
 
 __all__ = ["TrainSettings", "settings_from", "fit", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]
 
@@ -64,17 +64,8 @@ def protocol_differences(model_file: Path, settings: TrainSettings, config=None)
 
 
 def check_run_folder(out_dir: Path, resume: bool) -> Path:
-    """A run folder that a new run may use (nothing finished or unfinished there) or, with
-    ``resume``, one that holds an unfinished run."""
-    out_dir = check_output_dir(Path(out_dir))
-    checkpoint = out_dir / "checkpoint.pt"
-    if (out_dir / "model.pt").exists() and not checkpoint.exists():
-        raise FieldError("out", f"{out_dir}: already holds a finished model.pt; choose another {{0}}")
-    if checkpoint.exists() and not resume:
-        raise FieldError(("resume", "out"), f"{out_dir}: holds an unfinished run; pass {{0}} to continue it or choose another {{1}}")
-    if resume and not checkpoint.exists():
-        raise FieldError("resume", f"{out_dir}: nothing to resume (no checkpoint.pt); leave out {{0}} to start a new run")
-    return out_dir
+    """A run folder that a new training may use or, with ``resume``, continue (runs.py)."""
+    return runs.check_run_folder(out_dir, resume, "model.pt")
 
 
 def resume_defaults(out_dir: Path) -> tuple[Optional[object], Optional[str], dict]:
@@ -108,23 +99,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _lr_factor(settings: TrainSettings, step: int, steps_per_epoch: int) -> float:
-    total = settings.epochs * steps_per_epoch
-    warmup = steps_per_epoch
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if settings.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if settings.schedule == "poly":
-        return (1 - progress) ** 0.9
-    return 1.0
-
-
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
-
-
 def prepare_batch(data: SegmentationData, index: torch.Tensor, settings: TrainSettings, preprocessing: dict, generator: torch.Generator, device):
     """The data pipeline of one training step: gather from the cache, augment, normalise."""
     images, masks = data.images[index], data.masks[index]
@@ -150,33 +124,18 @@ def fit(
 
     ``extra_loss(x, logits, masks)`` adds a term (distillation). ``on_epoch(row)`` sees each
     epoch's row (the search uses it to stop a trial). With ``checkpoint``, state is saved
-    after every epoch, and ``resume`` continues from it.
+    after every epoch, and ``resume`` continues from it. The loop is the run layer's
+    (runs.train_epochs); this is the trainer's step.
     """
-    from tqdm import tqdm
-
-    from lightseg_nas.progress import log_line, percent
+    from lightseg_nas.progress import percent
 
     device = resolve_device(settings.device)
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(train_data) / settings.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(settings, step, steps_per_epoch))
-    history: list[dict] = []
-    start_epoch = 0
+    state = None
     if resume and checkpoint is not None and checkpoint.exists():
-        state = load_state_file(checkpoint, "checkpoint")
-        check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, TrainSettings)
-        _check_same_settings(checkpoint, state.get("settings"), settings)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history = list(state["history"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise UserError(f"{checkpoint}: a damaged checkpoint ({error.__class__.__name__}); delete it to start again") from None
-        model.to(device)
-        start_epoch = len(history)
-
+        state = runs.read_checkpoint(checkpoint, TrainSettings, lambda stored: changed_settings(stored, settings, ignore=SPEED_FIELDS))
+    start_epoch = len(state["history"]) if state is not None else 0
+    steps_per_epoch = math.ceil(len(train_data) / settings.batch_size)
     # The fast path: weights (and so Adam's state, made like them) and inputs channels-last,
     # optionally the compiled forward; the model is handed back in the default layout.
     place_model(model, settings.channels_last)
@@ -185,73 +144,28 @@ def fit(
         planned = min(planned, max(0, settings.max_steps - start_epoch * steps_per_epoch))
     compiling = use_compile(settings.compile, planned, device)
     forward = compiled(model, compiling)
-    step = start_epoch * steps_per_epoch
-    first_step = True  # carries one-time start-up (compilation, allocator warm-up): timed apart
-    epochs = tqdm(range(start_epoch, settings.epochs), desc="training", unit="epoch", disable=None if progress else True, initial=start_epoch, total=settings.epochs)
+
+    def step(x, masks, generator, epoch):
+        encoder_only = epoch < settings.encoder_epochs
+        logits = model.forward_encoder(x) if encoder_only else forward(x)
+        loss = segmentation_loss(logits, masks, settings.loss, settings.edge_weight, settings.edge_band)
+        if extra_loss is not None and not encoder_only:
+            loss = loss + extra_loss(x, logits, masks)
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss
+
     try:
-        for epoch in epochs:
-            generator = _epoch_generator(settings.seed, epoch)
-            order = torch.randperm(len(train_data), generator=generator)
-            encoder_only = epoch < settings.encoder_epochs
-            started, total_loss, batches = time.perf_counter(), 0.0, 0
-            timed_images, timed_s, startup_s = 0, 0.0, 0.0
-            for first in range(0, len(order), settings.batch_size):
-                if settings.max_steps is not None and step >= settings.max_steps:
-                    break
-                stop_requested()  # Ctrl-C or SIGTERM whose exception a finalizer dropped
-                step_started = time.perf_counter()
-                x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, device)
-                x = place_input(x, settings.channels_last)
-                logits = model.forward_encoder(x) if encoder_only else forward(x)
-                loss = segmentation_loss(logits, masks, settings.loss, settings.edge_weight, settings.edge_band)
-                if extra_loss is not None and not encoder_only:
-                    loss = loss + extra_loss(x, logits, masks)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total_loss += loss.item()
-                batches += 1
-                step += 1
-                if first_step:
-                    startup_s, first_step = time.perf_counter() - step_started, False
-                else:
-                    timed_images += len(x)
-                    timed_s += time.perf_counter() - step_started
-            if batches == 0:
-                break
-            bad = non_finite_tensors(model.state_dict())
-            if bad:
-                raise FloatingPointError(f"weights became non-finite ({bad[0]}) in epoch {epoch + 1}")
-            metrics = evaluate(model, val_data, preprocessing, device=device, channels_last=settings.channels_last)
-            row = {
-                "epoch": epoch + 1, "loss": total_loss / batches, "seconds": time.perf_counter() - started,
-                "stage": "encoder" if encoder_only else "full",
-                # training steps only: no validation, no data loading, no first step of the run
-                "images_per_s": timed_images / timed_s if timed_s > 0 else None,
-                "timed_images": timed_images, "timed_s": timed_s, "startup_s": startup_s, "compiled": compiling,
-                **{f"val_{k}": v for k, v in metrics.items()},
-            }
-            history.append(row)
-            epochs.set_postfix(loss=f"{row['loss']:.3f}", val_fg_iou=percent(metrics["fg_iou"]))
-            log_line(progress, f"epoch {epoch + 1}/{settings.epochs}: loss {row['loss']:.3f}, validation fg IoU {percent(metrics['fg_iou'])}, {row['seconds']:.0f}s")
-            if checkpoint is not None:
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": history,
-                    "settings": settings.model_dump(),
-                    **(checkpoint_extra or {}),
-                }
-                save_record(state, checkpoint)
-            if on_epoch is not None:
-                on_epoch(row)
+        return runs.train_epochs(
+            model, train_data, settings, preprocessing, step,
+            lambda epoch: evaluate(model, val_data, preprocessing, device=device, channels_last=settings.channels_last),
+            device=device, channels_last=settings.channels_last, state=state, checkpoint=checkpoint, checkpoint_extra=checkpoint_extra,
+            describe=lambda row: f"validation fg IoU {percent(row['val_fg_iou'])}", postfix=lambda row: {"val_fg_iou": percent(row["val_fg_iou"])},
+            row_extra=lambda epoch: {"stage": "encoder" if epoch < settings.encoder_epochs else "full", "compiled": compiling},
+            progress=progress, on_epoch=on_epoch,
+        )
     finally:
         place_model(model, False)
-    return history
 
 
 def images_per_s(history: list[dict]) -> Optional[float]:
@@ -261,16 +175,7 @@ def images_per_s(history: list[dict]) -> Optional[float]:
     return images / seconds if seconds > 0 else None
 
 
-# what a training checkpoint holds besides the network and data it names
-CHECKPOINT_PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "history": list, "settings": dict}
-
-
-def _check_same_settings(path: Path, stored, settings: TrainSettings) -> None:
-    if not isinstance(stored, dict):
-        raise UserError(f"{path}: a damaged checkpoint (no settings); delete it to start again")
-    differ = changed_settings(stored, settings, ignore=SPEED_FIELDS)
-    if differ:
-        raise UserError(f"{path}: was written with other training settings: {', '.join(differ)}; resume with the same ones")
+CHECKPOINT_PARTS = runs.CHECKPOINT_PARTS
 
 
 def diverged_message(error: FloatingPointError, checkpoint: Optional[Path]) -> str:
@@ -308,16 +213,12 @@ def train_to_file(
         )
     elif teacher_weights is not None:
         raise FieldError(("teacher_weights", "teacher"), "{0} goes with {1} PRESET")
-    if resume:
-        state = load_state_file(checkpoint, "checkpoint")
-        check_run_state(state, checkpoint, "checkpoint", CHECKPOINT_PARTS, TrainSettings)
-        _check_same_settings(checkpoint, state.get("settings"), settings)
+    if resume:  # said before any data is loaded
+        runs.read_checkpoint(checkpoint, TrainSettings, lambda stored: changed_settings(stored, settings, ignore=SPEED_FIELDS))
     train_data = load_split(data_spec, "train", settings.size, settings.val_fraction, settings.val_seed, progress)
     val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
     # The folder is locked only once the inputs are known good (a refused run leaves nothing).
-    with folder_lock(out_dir, "training run"):
-        if (out_dir / "model.pt").exists() or (checkpoint.exists() and not resume):  # another run got here first
-            raise FieldError("out", f"{out_dir}: another run wrote here meanwhile; choose another {{0}}")
+    with runs.locked_run(out_dir, resume, "training run"):
         return _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data, distiller, teacher)
 
 
@@ -348,6 +249,4 @@ def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessin
         # what taught this network besides the labels (None: the labels alone)
         teacher=teacher,
     )
-    save_record(record, out_dir / "model.pt")
-    checkpoint.unlink(missing_ok=True)
-    return record
+    return runs.finish(record, out_dir, "model.pt")
