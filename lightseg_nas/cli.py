@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from lightseg_nas.errors import FieldError, UserError, install_stop_handlers
 from lightseg_nas.progress import lines_to_stderr
-from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, LOSSES, RECIPES, CompressSettings, SupernetSettings, TrainSettings, default_text
+from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, RECIPES, CompressSettings, SupernetSettings, TrainSettings, default_text
 
 if TYPE_CHECKING:
     from lightseg_nas.families import NetworkConfig
@@ -100,25 +100,6 @@ class Backend(str, Enum):  # cost.LATENCY_BACKENDS, listed here to keep --help f
 class Preview(str, Enum):
     blur = "blur"
     replace = "replace"
-
-
-class Schedule(str, Enum):
-    cosine = "cosine"
-    poly = "poly"
-    constant = "constant"
-
-
-Loss = Enum("Loss", {name: name for name in LOSSES}, type=str)
-
-
-class Affine(str, Enum):
-    default = "default"
-    official = "official"
-
-
-class Preprocessing(str, Enum):
-    default = "default"
-    released = "released"
 
 
 def _value(choice):
@@ -218,6 +199,58 @@ def _refuse_kd_without_teacher(teacher, **given) -> None:
 
 def _print_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+class SettingsOptions:
+    """A command parameter that stands for one ``--option`` per named field of a settings
+    model (settings.py): the flag, the type, the choices, the help and the default shown are
+    read from the field, so a setting is described once. ``help`` and ``show_default`` give
+    a command's own wording where a field means something more specific there. The command
+    receives the given values as one dict (None: not given; choices as plain strings)."""
+
+    def __init__(self, model, names, help: Optional[dict] = None, show_default: Optional[dict] = None):
+        self.model, self.names, self.help, self.show_default = model, tuple(names), help or {}, show_default or {}
+
+    def parameters(self) -> list:
+        import inspect
+        import typing
+
+        made = []
+        for name in self.names:
+            field = self.model.model_fields[name]
+            kind = next((a for a in typing.get_args(field.annotation) if a is not type(None)), field.annotation) if typing.get_origin(field.annotation) is typing.Union else field.annotation
+            if typing.get_origin(kind) is typing.Literal:
+                kind = Enum(name.title().replace("_", ""), {value: value for value in typing.get_args(kind)}, type=str)
+            flag = "--" + name.replace("_", "-")
+            declarations = (f"{flag}/--no-{name.replace('_', '-')}",) if kind is bool else (flag,)
+            shown = self.show_default.get(name, default_text(self.model, name) if field.default is not None else False)
+            option = typer.Option(None, *declarations, help=self.help.get(name, field.description), show_default=shown)
+            made.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind]))
+        return made
+
+
+def with_settings(command):
+    """Expand the command's SettingsOptions parameters into their options (for typer), and
+    hand the command each group's values as a dict."""
+    import inspect
+
+    signature = inspect.signature(command)
+    groups = {name: p.default for name, p in signature.parameters.items() if isinstance(p.default, SettingsOptions)}
+    parameters = []
+    for name, parameter in signature.parameters.items():
+        if name in groups:
+            parameters += groups[name].parameters()
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def wrapper(**given):
+        for group, options in groups.items():
+            given[group] = {field: _value(given.pop(field)) if isinstance(given.get(field), Enum) else given.pop(field) for field in options.names}
+        return command(**given)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)
+    return wrapper
 
 
 PresetOption = typer.Option(None, "--preset", help="A published network: extremec3net or sinet.")
@@ -322,48 +355,31 @@ def _model_data(data: Optional[str], record: Optional[dict]) -> str:
 
 ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val'.", show_default=f"{default_text(TrainSettings, 'val_fraction')}, or the model file's")
 ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images.", show_default=f"{default_text(TrainSettings, 'val_seed')}, or the model file's")
-ChannelsLastOption = typer.Option(
-    None, "--channels-last/--no-channels-last", help="Weights and inputs channels-last (NHWC): faster on CPUs, same computation.", show_default=default_text(TrainSettings, "channels_last")
+
+TRAIN_SETTINGS = (
+    "epochs", "batch_size", "lr", "weight_decay", "schedule", "loss", "edge_weight", "edge_band", "affine", "size", "seed", "augment",
+    "val_fraction", "val_seed", "encoder_epochs", "preprocessing", "max_steps", "device",
 )
-CompileOption = typer.Option(
-    None, "--compile/--no-compile", help="torch.compile the training step: faster per step, about a minute of compiling per network and input shape, so it pays on long runs only.", show_default=f"automatic: on for runs of {COMPILE_AUTO_STEPS:,} steps or more"
-)
+DISTILL_SETTINGS = ("kd_weight", "kd_temperature", "cwd_weight")
+SPEED_SETTINGS = ("channels_last", "compile")
+SPEED_DEFAULTS = {"compile": f"automatic: on for runs of {COMPILE_AUTO_STEPS:,} steps or more"}
 
 
 @app.command()
 @user_errors
+@with_settings
 def train(
     config: Optional[Path] = typer.Argument(None, help="Network config JSON (from export); or use --preset."),
     preset: Optional[str] = PresetOption,
     data: Optional[str] = typer.Option(None, "--data", help="Dataset: eg1800:PATH (either public layout) or synthetic[:count=N,seed=S].", show_default="synthetic; with --resume, the checkpoint's"),
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt at the end, checkpoint.pt after each epoch."),
     classes: Optional[int] = ClassesOption,
-    recipe: Optional[str] = typer.Option(None, "--recipe", help=f"Start from a named training recipe ({', '.join(sorted(RECIPES))}; see the README); options given here override its values."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default=default_text(TrainSettings, "epochs")),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default=default_text(TrainSettings, "batch_size")),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default=default_text(TrainSettings, "lr")),
-    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay.", show_default=default_text(TrainSettings, "weight_decay")),
-    schedule: Optional[Schedule] = typer.Option(None, help="Learning-rate schedule after one warm-up epoch.", show_default=default_text(TrainSettings, "schedule")),
-    loss: Optional[Loss] = typer.Option(None, help="ce (cross-entropy), lovasz (Lovász hinge, per image) or ce+lovasz.", show_default=default_text(TrainSettings, "loss")),
-    edge_weight: Optional[float] = typer.Option(None, help="Weight of a Lovász hinge over a band around each mask's boundary (the official recipe's edge term: 0.5).", show_default=default_text(TrainSettings, "edge_weight")),
-    edge_band: Optional[int] = typer.Option(None, help="Width of that band in pixels (odd).", show_default=default_text(TrainSettings, "edge_band")),
-    affine: Optional[Affine] = typer.Option(None, help="Augmentation's affine warp: default (rotation 15, scale 0.75-1.25) or official (rotation 45, scale 0.5-1.5, grey borders).", show_default=default_text(TrainSettings, "affine")),
-    size: Optional[int] = typer.Option(None, help="Training and validation resolution.", show_default=default_text(TrainSettings, "size")),
-    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling and augmentation.", show_default=default_text(TrainSettings, "seed")),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Scale/crop, flip, rotation, colour, blur."),
-    val_fraction: Optional[float] = ValFractionOption,
-    val_seed: Optional[int] = ValSeedOption,
-    encoder_epochs: Optional[int] = typer.Option(None, help="First epochs train the encoder's own output (papers' stage 1)."),
-    preprocessing: Optional[Preprocessing] = typer.Option(None, help="default (RGB) or released (the published weights' BGR recipe).", show_default=default_text(TrainSettings, "preprocessing")),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total (smoke tests)."),
-    device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=f"Start from a named training recipe ({', '.join(sorted(RECIPES))}; see docs/usage.md); options given here override its values."),
+    settings: dict = SettingsOptions(TrainSettings, TRAIN_SETTINGS, show_default={"augment": False}),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this model file, or from a preset (extremec3net, sinet) with --teacher-weights."),
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
-    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation (with --teacher).", show_default=default_text(TrainSettings, "kd_weight")),
-    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature (with --teacher).", show_default=default_text(TrainSettings, "kd_temperature")),
-    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation (with --teacher).", show_default=default_text(TrainSettings, "cwd_weight")),
-    channels_last: Optional[bool] = ChannelsLastOption,
-    compile_: Optional[bool] = CompileOption,
+    distill: dict = SettingsOptions(TrainSettings, DISTILL_SETTINGS),
+    speed: dict = SettingsOptions(TrainSettings, SPEED_SETTINGS, show_default=SPEED_DEFAULTS),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last epoch."),
     threads: Optional[int] = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -386,14 +402,9 @@ def train(
         network = stored_config if classes is None else stored_config.model_copy(update={"num_classes": classes})
     else:
         network = _network(preset, config, None, None, classes)
-    given = dict(
-        loss=_value(loss), edge_weight=edge_weight, edge_band=edge_band, affine=_value(affine), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=_value(schedule), size=size,
-        seed=seed, augment=augment, val_fraction=val_fraction, val_seed=val_seed, encoder_epochs=encoder_epochs,
-        preprocessing=_value(preprocessing), max_steps=max_steps, device=device, channels_last=channels_last, compile=compile_,
-        teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
-    )
+    given = {**settings, **distill, **speed, "teacher": teacher}
     stored_recipe = stored.pop("recipe", None)
-    _refuse_kd_without_teacher(teacher or stored.get("teacher"), kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight)
+    _refuse_kd_without_teacher(teacher or stored.get("teacher"), **distill)
     settings = settings_from(recipe=recipe or stored_recipe, **{**stored, **{k: v for k, v in given.items() if v is not None}})
     data = data or stored_data or "synthetic"
     _set_threads(threads)
@@ -410,28 +421,21 @@ def train(
         typer.echo(f"wrote {out / 'model.pt'}: validation fg IoU {100 * metrics.get('val_fg_iou', 0):.2f}% at {metrics['val_size']}px{label}{speed}")
 
 
+SUPERNET_SETTINGS = (
+    "epochs", "batch_size", "lr", "weight_decay", "loss", "size", "seed", "augment", "random_subnets", "kd_weight", "kd_temperature",
+    "recalibration_images", "val_fraction", "val_seed", "max_steps",
+)
+
+
 @app.command("supernet")
 @user_errors
+@with_settings
 def supernet_command(
     space: str = typer.Option(..., "--space", help="The search space whose networks the supernet holds: extremec3, sinet or hybrid."),
     data: str = DataOption,
     out: Path = typer.Option(..., "--out", help="Run folder: supernet.pt at the end, checkpoint.pt after each epoch."),
     classes: int = typer.Option(1, "--classes", help="Output classes of every sub-network (1 logit or 2 softmax)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default=default_text(SupernetSettings, "epochs")),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default=default_text(SupernetSettings, "batch_size")),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default=default_text(SupernetSettings, "lr")),
-    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay.", show_default=default_text(SupernetSettings, "weight_decay")),
-    loss: Optional[Loss] = typer.Option(None, help="ce, lovasz or ce+lovasz.", show_default=default_text(SupernetSettings, "loss")),
-    size: Optional[int] = typer.Option(None, help="Training, recalibration and validation resolution.", show_default=default_text(SupernetSettings, "size")),
-    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, shuffling, augmentation and sampled sub-networks.", show_default=default_text(SupernetSettings, "seed")),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Scale/crop, flip, rotation, colour, blur."),
-    random_subnets: Optional[int] = typer.Option(None, help="Random sub-networks per step, besides the largest and the smallest.", show_default=default_text(SupernetSettings, "random_subnets")),
-    kd_weight: Optional[float] = typer.Option(None, help="Weight of in-place distillation from the largest sub-network (0: labels alone).", show_default=default_text(SupernetSettings, "kd_weight")),
-    kd_temperature: Optional[float] = typer.Option(None, help="In-place distillation temperature.", show_default=default_text(SupernetSettings, "kd_temperature")),
-    recalibration_images: Optional[int] = typer.Option(None, help="Training images that recalibrate a sub-network's batch norm before it is scored.", show_default=default_text(SupernetSettings, "recalibration_images")),
-    val_fraction: Optional[float] = ValFractionOption,
-    val_seed: Optional[int] = ValSeedOption,
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total (smoke tests)."),
+    settings: dict = SettingsOptions(SupernetSettings, SUPERNET_SETTINGS, help={"loss": "ce, lovasz or ce+lovasz."}, show_default={"augment": False}),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last epoch."),
     threads: Optional[int] = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -445,11 +449,7 @@ def supernet_command(
     from lightseg_nas.supernet import train_supernet
     lines_to_stderr(as_json)
 
-    settings = parse_options(SupernetSettings, dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=_value(loss), size=size, seed=seed, augment=augment,
-        random_subnets=random_subnets, kd_weight=kd_weight, kd_temperature=kd_temperature, recalibration_images=recalibration_images,
-        val_fraction=val_fraction, val_seed=val_seed, max_steps=max_steps,
-    ))
+    settings = parse_options(SupernetSettings, settings)
     _set_threads(threads)
     record = train_supernet(space, classes, data, out, settings, resume=resume, progress=progress)
     summary = {**record["metrics"], "supernet": str(out / "supernet.pt"), "space": space, "train_seconds": record["train_seconds"], "synthetic": record["data"]["synthetic"]}
@@ -542,32 +542,24 @@ def onnx(
     typer.echo(f"wrote {out}: max |onnxruntime - torch| = {difference:.2e} on a {size}x{size} input ({source})")
 
 
+COMPRESS_SETTINGS = ("steps", "epochs_per_step", "lr", "batch_size", "size", "mac_size", "seed", "val_fraction", "val_seed")
+
+
 @app.command()
 @user_errors
+@with_settings
 def compress(
     model_file: Path = typer.Argument(..., metavar="MODEL", help="A model file written by train (or compress)."),
     target_params: Optional[str] = typer.Option(None, "--target-params", metavar="N|P%", help="Prune until at most N parameters, or P percent of the current count (50%)."),
     target_macs: Optional[str] = typer.Option(None, "--target-macs", metavar="N|P%", help="Prune until at most N MACs (conv_only counter, at --mac-size), or P percent of the current count."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this model file, or from a preset (extremec3net, sinet) with --teacher-weights."),
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Prune -> fine-tune rounds; targets fall geometrically.", show_default=default_text(CompressSettings, "steps")),
-    epochs_per_step: Optional[int] = typer.Option(None, "--epochs-per-step", help="Fine-tuning epochs after each pruning.", show_default=default_text(CompressSettings, "epochs_per_step")),
     data: Optional[str] = ModelDataOption,
     out: Path = typer.Option(..., "--out", help="The model file to write (OUT.partial holds the finished steps meanwhile)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate of the fine-tuning (warm-up then cosine, per step).", show_default=default_text(CompressSettings, "lr")),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size.", show_default=default_text(CompressSettings, "batch_size")),
-    size: Optional[int] = typer.Option(None, help="Fine-tuning and validation resolution.", show_default=default_text(CompressSettings, "size")),
-    mac_size: Optional[int] = typer.Option(None, help="Resolution at which MACs are counted.", show_default=default_text(CompressSettings, "mac_size")),
-    seed: Optional[int] = typer.Option(None, help="Seed of shuffling and augmentation; step k uses seed + k.", show_default=default_text(CompressSettings, "seed")),
-    val_fraction: Optional[float] = ValFractionOption,
-    val_seed: Optional[int] = ValSeedOption,
-    kd_weight: Optional[float] = typer.Option(None, help="Weight of pixel-wise distillation.", show_default=default_text(CompressSettings, "kd_weight")),
-    kd_temperature: Optional[float] = typer.Option(None, help="Distillation temperature.", show_default=default_text(CompressSettings, "kd_temperature")),
-    cwd_weight: Optional[float] = typer.Option(None, help="Weight of channel-wise distillation.", show_default=default_text(CompressSettings, "cwd_weight")),
-    max_steps_per_step: Optional[int] = typer.Option(None, help="Stop each fine-tuning after this many optimiser steps (smoke tests)."),
-    device: Optional[str] = typer.Option(None, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N."),
-    channels_last: Optional[bool] = ChannelsLastOption,
-    compile_: Optional[bool] = CompileOption,
+    settings: dict = SettingsOptions(CompressSettings, COMPRESS_SETTINGS, help={"lr": "Adam learning rate of the fine-tuning (warm-up then cosine, per step)."}),
+    distill: dict = SettingsOptions(CompressSettings, DISTILL_SETTINGS, help={"kd_weight": "Weight of pixel-wise distillation.", "kd_temperature": "Distillation temperature.", "cwd_weight": "Weight of channel-wise distillation."}),
+    run: dict = SettingsOptions(CompressSettings, ("max_steps_per_step", "device")),
+    speed: dict = SettingsOptions(CompressSettings, SPEED_SETTINGS, show_default=SPEED_DEFAULTS),
     resume: bool = typer.Option(False, "--resume", help="Continue from the steps saved in OUT.partial."),
     threads: Optional[int] = ThreadsOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -581,17 +573,12 @@ def compress(
     from lightseg_nas.compress import compress_to_file, format_row, settings_from
     lines_to_stderr(as_json)
 
-    _refuse_kd_without_teacher(teacher, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight)
+    _refuse_kd_without_teacher(teacher, **distill)
     if (target_params is None) == (target_macs is None):
         raise UserError("give exactly one of --target-params N or --target-macs N")
     flag, text = ("--target-params", target_params) if target_params is not None else ("--target-macs", target_macs)
     target, percent = _parse_target(text, flag)
-    settings = settings_from(
-        metric="params" if target_params is not None else "macs", target=target, target_percent=percent,
-        steps=steps, epochs_per_step=epochs_per_step, lr=lr, batch_size=batch_size, size=size, mac_size=mac_size, seed=seed,
-        val_fraction=val_fraction, val_seed=val_seed, kd_weight=kd_weight, kd_temperature=kd_temperature, cwd_weight=cwd_weight,
-        max_steps_per_step=max_steps_per_step, device=device, channels_last=channels_last, compile=compile_,
-    )
+    settings = settings_from(metric="params" if target_params is not None else "macs", target=target, target_percent=percent, **settings, **distill, **run, **speed)
     _set_threads(threads)
     on_row = (lambda row: None) if as_json else (lambda row: typer.echo(format_row(row), err=progress))
     record = compress_to_file(model_file, out, data, settings, teacher, teacher_weights, resume, progress, on_row)

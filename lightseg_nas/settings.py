@@ -46,12 +46,12 @@ class Settings(BaseModel):
 class StepSettings(Settings):
     """What an optimisation step takes: batch size and Adam's learning rate."""
 
-    batch_size: BatchSize = 16
-    lr: LearningRate = 5e-3
+    batch_size: BatchSize = Field(16, description="Batch size.")
+    lr: LearningRate = Field(5e-3, description="Adam learning rate.")
 
 
 class OptimizerSettings(StepSettings):
-    weight_decay: float = Field(1e-4, ge=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=10, description="Adam weight decay.")
 
 
 # ce (cross-entropy), lovasz (Lovász hinge) or ce+lovasz (lightseg_nas/losses.py)
@@ -59,13 +59,13 @@ LOSSES = ("ce", "lovasz", "ce+lovasz")
 
 
 class LossSettings(Settings):
-    loss: Literal[LOSSES] = "ce"
+    loss: Literal[LOSSES] = Field("ce", description="ce (cross-entropy), lovasz (Lovász hinge, per image) or ce+lovasz.")
     # Weight of a second Lovász hinge restricted to a band around each mask's boundary (the
     # official recipe's `Edge` term: 0.5); 0 leaves it out.
-    edge_weight: float = Field(0.0, ge=0, le=1e3)
+    edge_weight: float = Field(0.0, ge=0, le=1e3, description="Weight of a Lovász hinge over a band around each mask's boundary (the official recipe's edge term: 0.5).")
     # Width in pixels of that band: a square kernel, dilation minus erosion of the mask (the
     # official recipe: 15 for the whole network, 5 for the encoder stage). Odd.
-    edge_band: int = Field(15, ge=3, le=101, strict=True)
+    edge_band: int = Field(15, ge=3, le=101, strict=True, description="Width of that band in pixels (odd).")
 
     @field_validator("edge_band")
     @classmethod
@@ -78,46 +78,50 @@ class LossSettings(Settings):
 class SplitSettings(Settings):
     """The validation split: this fraction of the training list, picked by this seed."""
 
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    val_seed: Seed = 0
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction of the training list carved out as 'val'.")
+    val_seed: Seed = Field(0, description="Seed that picks the validation images.")
 
 
 class SpeedSettings(Settings):
     """How a run's steps execute, not what they compute (lightseg_nas/speed.py): channels-last
     weights and inputs; torch.compile True, False or None (automatic)."""
 
-    channels_last: bool = True
-    compile: Optional[bool] = None
+    channels_last: bool = Field(True, description="Weights and inputs channels-last (NHWC): faster on CPUs, same computation.")
+    compile: Optional[bool] = Field(
+        None, description="torch.compile the training step: faster per step, about a minute of compiling per network and input shape, so it pays on long runs only."
+    )
 
 
 class DistillSettings(Settings):
     """The distillation terms' settings (lightseg_nas/distill.py), for ``train --teacher``
     and ``compress``."""
 
-    kd_weight: float = Field(1.0, ge=0, le=1e6)
-    kd_temperature: float = Field(2.0, gt=0, le=1e3)
-    cwd_weight: float = Field(1.0, ge=0, le=1e6)
+    kd_weight: float = Field(1.0, ge=0, le=1e6, description="Weight of pixel-wise distillation (with --teacher).")
+    kd_temperature: float = Field(2.0, gt=0, le=1e3, description="Distillation temperature (with --teacher).")
+    cwd_weight: float = Field(1.0, ge=0, le=1e6, description="Weight of channel-wise distillation (with --teacher).")
 
 
 class TrainSettings(OptimizerSettings, LossSettings, SplitSettings, DistillSettings, SpeedSettings):
-    epochs: Epochs = 30
+    epochs: Epochs = Field(30, description="Epochs.")
     # Per-step learning-rate schedule after a linear warm-up over the first epoch's steps.
-    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    schedule: Literal["cosine", "poly", "constant"] = Field("cosine", description="Learning-rate schedule after one warm-up epoch.")
     # Train and validate at size x size.
-    size: InputSize = 224
-    seed: Seed = 0
-    augment: bool = True
+    size: InputSize = Field(224, description="Training and validation resolution.")
+    seed: Seed = Field(0, description="Seed of initialisation, shuffling and augmentation.")
+    augment: bool = Field(True, description="Scale/crop, flip, rotation, colour, blur.")
     # The random affine warp of augmentation: "default" (rotation up to 15 degrees, scale
     # 0.75-1.25, shift up to 15%, reflected borders) or "official" (the released networks'
     # recipe: rotation up to 45 degrees, scale 0.5-1.5, shift up to a quarter of the side,
     # grey borders).
-    affine: Literal["default", "official"] = "default"
+    affine: Literal["default", "official"] = Field(
+        "default", description="Augmentation's affine warp: default (rotation 15, scale 0.75-1.25) or official (rotation 45, scale 0.5-1.5, grey borders)."
+    )
     # Epochs (out of ``epochs``) spent first on the encoder's own output, as in the papers.
-    encoder_epochs: int = Field(0, ge=0, le=100_000, strict=True)
-    preprocessing: Literal["default", "released"] = "default"
+    encoder_epochs: int = Field(0, ge=0, le=100_000, strict=True, description="First epochs train the encoder's own output (papers' stage 1).")
+    preprocessing: Literal["default", "released"] = Field("default", description="default (RGB) or released (the published weights' BGR recipe).")
     # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
-    max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
-    device: str = "auto"
+    max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True, description="Stop after this many steps in total (smoke tests).")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
     # Distil from this teacher, as named: a model file or a preset.
     teacher: Optional[str] = None
     # The named recipe (RECIPES) these settings started from, if any.
@@ -129,20 +133,22 @@ class SupernetRecipe(OptimizerSettings, LossSettings):
     largest, the smallest and ``random_subnets`` random sub-networks (the sandwich rule),
     the others also distilled from the largest (in-place distillation)."""
 
-    epochs: Epochs = 20
-    size: InputSize = 224
-    seed: Seed = 0
-    augment: bool = True
-    schedule: Literal["cosine", "poly", "constant"] = "cosine"
-    random_subnets: int = Field(2, ge=0, le=16, strict=True)
-    # weight and temperature of the in-place distillation (0: labels alone)
-    kd_weight: float = Field(1.0, ge=0, le=1e6)
-    kd_temperature: float = Field(1.0, gt=0, le=1e3)
+    epochs: Epochs = Field(20, description="Epochs.")
+    size: InputSize = Field(224, description="Training, recalibration and validation resolution.")
+    seed: Seed = Field(0, description="Seed of initialisation, shuffling, augmentation and sampled sub-networks.")
+    augment: bool = Field(True, description="Scale/crop, flip, rotation, colour, blur.")
+    schedule: Literal["cosine", "poly", "constant"] = Field("cosine", description="Learning-rate schedule after one warm-up epoch.")
+    random_subnets: int = Field(2, ge=0, le=16, strict=True, description="Random sub-networks per step, besides the largest and the smallest.")
+    # weight and temperature of the in-place distillation (0: labels alone); the
+    # temperature is 1 here, where a teacher's distillation takes 2: the largest
+    # sub-network is no trained teacher, so its distribution is not softened further
+    kd_weight: float = Field(1.0, ge=0, le=1e6, description="Weight of in-place distillation from the largest sub-network (0: labels alone).")
+    kd_temperature: float = Field(1.0, gt=0, le=1e3, description="In-place distillation temperature.")
     # training images (the first of the training split, not augmented) that recalibrate a
     # sub-network's batch-norm statistics before it is scored
-    recalibration_images: int = Field(256, ge=1, le=100_000, strict=True)
+    recalibration_images: int = Field(256, ge=1, le=100_000, strict=True, description="Training images that recalibrate a sub-network's batch norm before it is scored.")
     # Stop after this many optimisation steps in total (smoke tests); None = all epochs.
-    max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
+    max_steps: Optional[int] = Field(None, ge=1, le=10**9, strict=True, description="Stop after this many steps in total (smoke tests).")
 
 
 class SupernetSettings(SupernetRecipe, SplitSettings):
@@ -168,16 +174,16 @@ class CompressSettings(StepSettings, SplitSettings, DistillSettings, SpeedSettin
     # the model when the compression starts): exactly one of the two.
     target: Optional[int] = Field(None, ge=1, le=10**15, strict=True)
     target_percent: Optional[float] = Field(None, gt=0, lt=100)
-    steps: int = Field(3, ge=1, le=100, strict=True)
-    epochs_per_step: Epochs = 4
+    steps: int = Field(3, ge=1, le=100, strict=True, description="Prune -> fine-tune rounds; targets fall geometrically.")
+    epochs_per_step: Epochs = Field(4, description="Fine-tuning epochs after each pruning.")
     # Fine-tuning and validation resolution.
-    size: InputSize = 224
+    size: InputSize = Field(224, description="Fine-tuning and validation resolution.")
     # Resolution at which MACs are counted (and a MAC target is meant).
-    mac_size: InputSize = 224
-    seed: Seed = 0
+    mac_size: InputSize = Field(224, description="Resolution at which MACs are counted.")
+    seed: Seed = Field(0, description="Seed of shuffling and augmentation; step k uses seed + k.")
     # Stop each fine-tuning after this many steps (smoke tests); None = whole epochs.
-    max_steps_per_step: Optional[int] = Field(None, ge=1, le=10**9, strict=True)
-    device: str = "auto"
+    max_steps_per_step: Optional[int] = Field(None, ge=1, le=10**9, strict=True, description="Stop each fine-tuning after this many optimiser steps (smoke tests).")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
 
 
 def parse_options(model_class: type[BaseModel], values: dict) -> BaseModel:
