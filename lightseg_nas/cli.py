@@ -11,7 +11,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import typer
 from typer.core import TyperGroup
@@ -19,9 +19,6 @@ from typer.core import TyperGroup
 from lightseg_nas.errors import FieldError, UserError, install_stop_handlers
 from lightseg_nas.progress import lines_to_stderr
 from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, RECIPES, CompressSettings, SupernetSettings, TrainSettings, default_text
-
-if TYPE_CHECKING:
-    from lightseg_nas.families import NetworkConfig
 
 # click's UsageError, reached through typer's public BadParameter (typer vendors click)
 _USAGE_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
@@ -172,21 +169,6 @@ def user_errors(command):
     return wrapper
 
 
-def _parse_target(text: str, flag: str) -> tuple[Optional[int], Optional[float]]:
-    """N (a count) or P% (a share of the current size, 0 < P < 100)."""
-    import math
-
-    try:
-        if text.endswith("%"):
-            percent = float(text[:-1])
-            if not (math.isfinite(percent) and 0 < percent < 100):
-                raise ValueError
-            return None, percent
-        return int(text), None
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: give a whole number (20000) or a percentage between 0 and 100 (50%)") from None
-
-
 KD_OPTIONS = ("kd_weight", "kd_temperature", "cwd_weight")
 
 
@@ -260,40 +242,6 @@ SeedOption = typer.Option(0, "--seed", help="Seed of the --space sample.")
 ClassesOption = typer.Option(None, "--classes", help="Override the number of output classes (1 logit or 2 softmax).")
 
 
-def _network(
-    preset: str | None = None,
-    config_path: str | Path | None = None,
-    space: str | None = None,
-    seed: int | None = None,
-    num_classes: int | None = None,
-) -> NetworkConfig:
-    """Exactly one of a preset name, a config file, or a space (+ seed) names the network."""
-    if sum(1 for value in (preset, config_path, space) if value) != 1:
-        raise UserError("give exactly one of --preset NAME, --config FILE.json, --space NAME --seed N")
-    if preset:
-        from lightseg_nas.presets import get_preset
-
-        config = get_preset(preset)
-    elif config_path:
-        from lightseg_nas.config import load_config
-
-        config = load_config(config_path)
-    else:
-        import search_spaces
-
-        config = search_spaces.sample(space, 0 if seed is None else seed)
-    if num_classes is not None:
-        if num_classes not in (1, 2):
-            raise UserError(f"--classes must be 1 or 2, got {num_classes}")
-        config = config.model_copy(update={"num_classes": num_classes})
-    return config
-
-
-def check_size(size: int) -> None:
-    if size < INPUT_MULTIPLE or size % INPUT_MULTIPLE:
-        raise UserError(f"--size must be a positive multiple of {INPUT_MULTIPLE}, got {size}")
-
-
 @app.command()
 @user_errors
 def measure(
@@ -318,7 +266,9 @@ def measure(
     _check_int(repeats, "--repeats", 1, 100_000)
     _check_int(seed, "--seed", 0, SEED_MAX)
     backend = backend.value
-    network = _network(preset, config, space, seed, classes)
+    from lightseg_nas.presets import network_from
+
+    network = network_from(preset, config, space, seed, classes)
     report = cost_report(network, size, threads, repeats, backend, None if reference == "none" else reference)
     if as_json:
         _print_json(report)
@@ -346,12 +296,6 @@ ModelDataOption = typer.Option(
     show_default="the data the model file records (synthetic for released weights)",
 )
 
-
-def _model_data(data: Optional[str], record: Optional[dict]) -> str:
-    if data is not None:
-        return data
-    recorded = ((record or {}).get("data") or {}).get("spec")
-    return recorded if isinstance(recorded, str) and recorded else "synthetic"
 
 ValFractionOption = typer.Option(None, "--val-fraction", help="Fraction of the training list carved out as 'val'.", show_default=f"{default_text(TrainSettings, 'val_fraction')}, or the model file's")
 ValSeedOption = typer.Option(None, "--val-seed", help="Seed that picks the validation images.", show_default=f"{default_text(TrainSettings, 'val_seed')}, or the model file's")
@@ -401,7 +345,9 @@ def train(
     if stored_config is not None and preset is None and config is None:
         network = stored_config if classes is None else stored_config.model_copy(update={"num_classes": classes})
     else:
-        network = _network(preset, config, None, None, classes)
+        from lightseg_nas.presets import network_from
+
+        network = network_from(preset, config, None, None, classes)
     given = {**settings, **distill, **speed, "teacher": teacher}
     stored_recipe = stored.pop("recipe", None)
     _refuse_kd_without_teacher(teacher or stored.get("teacher"), **distill)
@@ -478,17 +424,15 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print fg_iou, miou, boundary_f, n_images, size, ... as JSON."),
 ):
     """Score a network: per-image foreground IoU (the papers' "mIoU"), mean IoU, boundary F."""
-    from lightseg_nas.inference import evaluate_network, load_network, recorded_size
+    from lightseg_nas.inference import evaluate_network, load_network, recorded_size, recorded_split
 
     if model_file is not None and checkpoint is not None:
         raise UserError("give the model file once: MODEL or --checkpoint MODEL")
     _set_threads(threads)
     model, preprocessing, record = load_network(model_file or checkpoint, preset, weights)
-    training = (record or {}).get("training") or {}
-    fraction = val_fraction if val_fraction is not None else training.get("val_fraction", 0.1)
-    carve_seed = val_seed if val_seed is not None else training.get("val_seed", 0)
+    data, fraction, carve_seed = recorded_split(record, data, val_fraction, val_seed)
     size, source = (size, "--size") if size is not None else recorded_size(record)
-    metrics = evaluate_network(model, preprocessing, _model_data(data, record), split, size, fraction, carve_seed)
+    metrics = evaluate_network(model, preprocessing, data, split, size, fraction, carve_seed)
     if as_json:
         _print_json({**metrics, "size_source": source})
         return
@@ -570,14 +514,14 @@ def compress(
     Prints one line per step (parameters, MACs, validation fg IoU) and writes a normal model
     file whose config rebuilds the pruned network (export it, train it, eval it, onnx it).
     """
-    from lightseg_nas.compress import compress_to_file, format_row, settings_from
+    from lightseg_nas.compress import compress_to_file, format_row, parse_target, settings_from
     lines_to_stderr(as_json)
 
     _refuse_kd_without_teacher(teacher, **distill)
     if (target_params is None) == (target_macs is None):
         raise UserError("give exactly one of --target-params N or --target-macs N")
     flag, text = ("--target-params", target_params) if target_params is not None else ("--target-macs", target_macs)
-    target, percent = _parse_target(text, flag)
+    target, percent = parse_target(text, flag)
     settings = settings_from(metric="params" if target_params is not None else "macs", target=target, target_percent=percent, **settings, **distill, **run, **speed)
     _set_threads(threads)
     on_row = (lambda row: None) if as_json else (lambda row: typer.echo(format_row(row), err=progress))
@@ -725,7 +669,8 @@ def final(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop each training after this many steps (smoke tests; never replaces a real model file)."),
     table: bool = typer.Option(True, "--table/--no-table", help="Score every model file of the final folder and write results.md/.csv and plots (times latency: run it on an idle machine)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Also write the plots as PNG (needs kaleido and chromium)."),
-    threads: Optional[int] = ThreadsOption,
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (with --workers: for each worker).", show_default="the cores this process may use, shared out among workers"),
+    workers: int = typer.Option(1, "--workers", help="Worker processes training side by side, each claiming the next untrained run; another machine that sees the same --runs folder may run the same command."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the per-network table as JSON."),
 ):
@@ -736,7 +681,7 @@ def final(
     results.csv and final_params / final_latency plots."""
     from lightseg_nas.checks import SEED_MAX, check_output_dir
     from lightseg_nas.search import load_study_file, open_study
-    from lightseg_nas.search.final import choose_networks, final_folder, plan_runs, results_table, summary, train_runs, write_results
+    from lightseg_nas.search.final import choose_networks, final_folder, plan_runs, results_table, summary, train_in_workers, train_runs, write_results
 
     lines_to_stderr(as_json)
     try:
@@ -747,6 +692,8 @@ def final(
         _check_int(value, "--seeds", 0, SEED_MAX)
     _check_int(top, "--top", 1, 10_000)
     _check_int(max_steps, "--max-steps", 1, 10**9)
+    _check_int(workers, "--workers", 1, 256)
+    _check_int(threads, "--threads", 1, 1024)
     if teacher_weights is not None and teacher is None:
         raise FieldError(("teacher_weights", "teacher"), "{0} goes with {1} PRESET")
     if top is not None and not front:
@@ -763,10 +710,14 @@ def final(
     if not names and not table:
         raise FieldError(("front", "trial", "arch", "baselines"), "nothing to do: give {0}, {1} N, {2} ID or {3} NAMES, or leave the table on")
     plans = plan_runs(study_file, result, names, seed_list, runs / study_file.study.name, folder, recipe, max_steps, teacher)
-    _set_threads(threads)
-    import torch
+    if workers > 1:
+        train_in_workers(plans, study_file.data_spec(), workers, threads, teacher_weights)
+        _set_threads(threads)
+    else:
+        _set_threads(threads)
+        import torch
 
-    train_runs(plans, study_file.data_spec(), torch.get_num_threads(), progress, teacher_weights, on_run=lambda line: typer.echo(line, err=as_json))
+        train_runs(plans, study_file.data_spec(), torch.get_num_threads(), progress, teacher_weights, on_run=lambda line: typer.echo(line, err=as_json))
     if not table:
         return
     frame = results_table(study_file, folder, progress)

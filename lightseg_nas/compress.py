@@ -244,3 +244,18 @@ def _compress_locked(
 def config_path(out: Path) -> Path:
     """Where the pruned network's config JSON goes: beside OUT (small.pt -> small.json)."""
     return out.with_suffix(".json") if out.suffix != ".json" else out.with_name(out.name + ".config.json")
+
+
+def parse_target(text: str, flag: str) -> tuple[Optional[int], Optional[float]]:
+    """N (a count) or P% (a share of the current size, 0 < P < 100)."""
+    import math
+
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not (math.isfinite(percent) and 0 < percent < 100):
+                raise ValueError
+            return None, percent
+        return int(text), None
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give a whole number (20000) or a percentage between 0 and 100 (50%)") from None

@@ -47,6 +47,19 @@ def recorded_size(record: dict | None, default: int = 224) -> tuple[int, str]:
     return default, "the default"
 
 
+def recorded_split(record: dict | None, data: str | None = None, val_fraction: float | None = None, val_seed: int | None = None) -> tuple[str, float, int]:
+    """(data spec, validation fraction, validation seed) to score a model file on: what is
+    given, else what the file records (its training data and split), else synthetic data
+    and the default split (released weights record neither)."""
+    training = (record or {}).get("training") or {}
+    recorded = ((record or {}).get("data") or {}).get("spec")
+    if data is None:
+        data = recorded if isinstance(recorded, str) and recorded else "synthetic"
+    fraction = val_fraction if val_fraction is not None else training.get("val_fraction", 0.1)
+    seed = val_seed if val_seed is not None else training.get("val_seed", 0)
+    return data, fraction, seed
+
+
 def evaluate_network(
     model, preprocessing: dict, data_spec: str, split: str, size: int, val_fraction: float, val_seed: int, progress: bool = True
 ) -> dict:

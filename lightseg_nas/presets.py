@@ -74,3 +74,31 @@ def load_released_weights(model: torch.nn.Module, name: str, path: str | Path) -
     check_finite_state(converted, str(path))
     model.load_state_dict(converted, strict=True)
     return model
+
+
+def network_from(
+    preset: str | None = None,
+    config_path: str | Path | None = None,
+    space: str | None = None,
+    seed: int | None = None,
+    num_classes: int | None = None,
+) -> NetworkConfig:
+    """The network a command names: exactly one of a preset name, a config file, or a space
+    (+ seed), optionally with another number of output classes."""
+    if sum(1 for value in (preset, config_path, space) if value) != 1:
+        raise UserError("give exactly one of --preset NAME, --config FILE.json, --space NAME --seed N")
+    if preset:
+        config = get_preset(preset)
+    elif config_path:
+        from lightseg_nas.config import load_config
+
+        config = load_config(config_path)
+    else:
+        import search_spaces
+
+        config = search_spaces.sample(space, 0 if seed is None else seed)
+    if num_classes is not None:
+        if num_classes not in (1, 2):
+            raise UserError(f"--classes must be 1 or 2, got {num_classes}")
+        config = config.model_copy(update={"num_classes": num_classes})
+    return config

@@ -53,3 +53,34 @@ def test_final_refuses_bad_choices_in_one_line(tmp_path):
         assert result.exit_code == 2 and expected in result.stderr, (extra, result.output)
         assert len(result.stderr.strip().splitlines()) == 1
     assert _snapshot(tmp_path) == before
+
+
+def test_two_workers_train_every_run_once_and_the_table_covers_them(tmp_path, capfd):
+    study = write_study(tmp_path, fidelity="false")
+    assert runner.invoke(app, ["search", str(study), "--n-trials", "3", "--no-progress", "--no-report"]).exit_code == 0
+    args = ["final", str(study), "--front", "--top", "1", "--baselines", "sinet", "--seeds", "0,1", "--recipe", "curve", "--max-steps", "1",
+            "--runs", str(tmp_path / "runs"), "--no-png", "--threads", "1", "--no-progress", "--workers", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = capfd.readouterr().out.splitlines()
+    trained = sorted(line.split("training ", 1)[1].split(" (")[0] for line in lines if "] training " in line)
+    assert len(trained) == 4 and len(set(trained)) == 4, lines  # each network and seed once, whichever worker took it
+    assert {line.split(":")[0] for line in lines if "] training " in line} <= {"worker 1", "worker 2"}
+    assert len(list((tmp_path / "tiny-final").glob("*.pt"))) == 4 and (tmp_path / "tiny-final" / "results.md").exists()
+
+
+def test_a_worker_passes_over_a_run_another_one_holds(tmp_path):
+    from lightseg_nas.checks import file_lock
+    from lightseg_nas.search import load_study_file, open_study
+    from lightseg_nas.search.final import plan_runs, train_runs
+
+    study = write_study(tmp_path, fidelity="false")
+    assert runner.invoke(app, ["search", str(study), "--n-trials", "2", "--no-progress", "--no-report"]).exit_code == 0
+    study_file = load_study_file(study)
+    runs = plan_runs(study_file, open_study(study_file, create=False), ["sinet"], (0, 1), tmp_path / "runs", recipe="curve", max_steps=1)
+    lines = []
+    (tmp_path / "runs").mkdir()
+    with file_lock(tmp_path / "runs" / ".sinet-seed0.claim"):  # another worker is training seed 0
+        train_runs(runs, study_file.data_spec(), 1, progress=False, on_run=lines.append, share=True)
+    assert "another worker is training it" in lines[0] and "training sinet seed 1" in lines[1]
+    assert not runs[0].model_file.exists() and runs[1].model_file.exists()

@@ -31,7 +31,7 @@ from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.study_file import StudyFile, derived_folder
 from lightseg_nas.settings import RECIPES
 
-__all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "results_table", "write_results", "file_name"]
+__all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "train_in_workers", "results_table", "write_results", "file_name"]
 
 PUBLISHED = ("extremec3net", "sinet")
 PARAMS_LIMIT = 37_738  # ExtremeC3Net's published parameter count
@@ -144,28 +144,95 @@ def plan_runs(
     return runs
 
 
-def train_runs(runs: list[FinalRun], data_spec: str, threads: int, progress: bool = True, teacher_weights: Optional[Path] = None, on_run=print) -> None:
+def train_runs(
+    runs: list[FinalRun], data_spec: str, threads: int, progress: bool = True, teacher_weights: Optional[Path] = None, on_run=print, share: bool = False
+) -> None:
     """Train every run that has no finished model file yet (resuming a stopped one), then
-    keep its model file in the final folder."""
+    keep its model file in the final folder.
+
+    With ``share``, this process is one of several working through the same runs: it claims
+    a run by taking its claim lock (``RUNS/.NAME-seedS.claim``, held while it trains the run)
+    and passes over a run another worker holds, so every run is trained once, whichever
+    worker reaches it first; nothing is split out in advance."""
+    import contextlib
+
+    from lightseg_nas.checks import file_lock
     from lightseg_nas.train import train_to_file
 
     for index, run in enumerate(runs, 1):
-        if run.model_file.exists():  # kept earlier, its protocol checked by plan_runs
-            on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: kept in {run.model_file}, reused")
-            continue
-        if not (run.run_dir / "model.pt").exists():
-            on_run(f"[{index}/{len(runs)}] training {run.name} seed {run.seed} ({run.settings.recipe} recipe) in {run.run_dir}")
-            train_to_file(
-                run.config, data_spec, run.run_dir, run.settings, resume=(run.run_dir / "checkpoint.pt").exists(), progress=progress,
-                teacher_weights=teacher_weights if run.distilled else None,
-            )
-        else:
-            on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: finished in {run.run_dir}, reused")
-        run.model_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = run.model_file.with_suffix(".tmp")
-        shutil.copyfile(run.run_dir / "model.pt", temporary)
-        temporary.replace(run.model_file)
-        record_threads(run.model_file.parent, run.model_file.name, threads)
+        with contextlib.ExitStack() as held:
+            if share:
+                run.run_dir.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    held.enter_context(file_lock(run.run_dir.parent / f".{run.run_dir.name}.claim"))
+                except BlockingIOError:
+                    on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: another worker is training it")
+                    continue
+            if run.model_file.exists():  # kept earlier, its protocol checked by plan_runs
+                on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: kept in {run.model_file}, reused")
+                continue
+            if not (run.run_dir / "model.pt").exists():
+                on_run(f"[{index}/{len(runs)}] training {run.name} seed {run.seed} ({run.settings.recipe} recipe) in {run.run_dir}")
+                train_to_file(
+                    run.config, data_spec, run.run_dir, run.settings, resume=(run.run_dir / "checkpoint.pt").exists(), progress=progress,
+                    teacher_weights=teacher_weights if run.distilled else None,
+                )
+            else:
+                on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: finished in {run.run_dir}, reused")
+            run.model_file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = run.model_file.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(run.run_dir / "model.pt", temporary)
+            temporary.replace(run.model_file)
+            record_threads(run.model_file.parent, run.model_file.name, threads)
+
+
+def _worker(runs, data_spec, threads, teacher_weights, number) -> None:
+    """One of ``train_in_workers``'s processes: a user mistake or a stop is one line, and
+    the exit code tells the parent."""
+    import sys
+
+    import torch
+
+    from lightseg_nas.errors import install_stop_handlers
+
+    install_stop_handlers()
+    torch.set_num_threads(threads)
+    try:
+        train_runs(runs, data_spec, threads, progress=False, teacher_weights=teacher_weights, on_run=lambda line: print(f"worker {number}: {line}", flush=True), share=True)
+    except UserError as error:
+        print(f"worker {number}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def train_in_workers(runs: list[FinalRun], data_spec: str, workers: int, threads: Optional[int] = None, teacher_weights: Optional[Path] = None) -> None:
+    """``workers`` processes on this machine train the runs side by side, ``threads`` each
+    (default: the cores this process may use, shared out), claiming runs as in
+    ``train_runs(share=True)``. Another machine that sees the same runs folder can run the
+    same command and join in."""
+    import multiprocessing
+
+    from lightseg_nas.checks import usable_cores
+
+    threads = threads or max(1, usable_cores() // workers)
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker, args=(runs, data_spec, threads, teacher_weights, number)) for number in range(1, workers + 1)]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join()
+        raise
+    failed = [number for number, process in enumerate(processes, 1) if process.exitcode != 0]
+    if failed:
+        raise UserError(f"final: worker(s) {', '.join(map(str, failed))} stopped before their runs finished (see their lines above); run the same command to continue")
+    missing = [run for run in runs if not run.model_file.exists()]
+    if missing:  # a run another machine's worker still holds
+        raise UserError(f"final: {len(missing)} run(s) are still being trained elsewhere ({missing[0].run_dir}); run the command again when they finish")
 
 
 def read_ledger(final_dir: Path) -> dict:
