@@ -90,3 +90,36 @@ def test_every_boolean_setting_of_a_study_file_takes_true_and_false(tmp_path):
     path.write_text(text.replace("batch_size = 8", "batch_size = true"))
     with pytest.raises(UserError, match="training.batch_size: expected a number"):
         load_study_file(path)
+
+
+def test_the_cli_options_of_run_settings_come_from_the_schema():
+    """train, supernet and compress generate their setting options from the fields: every
+    field they offer has a description, and --help shows its flag with that text."""
+    from typer.testing import CliRunner
+
+    from lightseg_nas import cli
+    from lightseg_nas.settings import CompressSettings, SupernetSettings, TrainSettings
+
+    offered = {
+        "train": (TrainSettings, cli.TRAIN_SETTINGS + cli.DISTILL_SETTINGS + cli.SPEED_SETTINGS),
+        "supernet": (SupernetSettings, cli.SUPERNET_SETTINGS),
+        "compress": (CompressSettings, cli.COMPRESS_SETTINGS + cli.DISTILL_SETTINGS + cli.SPEED_SETTINGS + ("max_steps_per_step", "device")),
+    }
+    for command, (model, names) in offered.items():
+        text = " ".join(CliRunner().invoke(cli.app, [command, "--help"], terminal_width=400).stdout.split())
+        for name in names:
+            description = model.model_fields[name].description
+            assert description, (command, name)
+            assert "--" + name.replace("_", "-") in text, (command, name)
+        assert "Epochs." in text or command == "compress"
+
+
+def test_a_generated_option_is_validated_by_its_field(tmp_path):
+    from typer.testing import CliRunner
+
+    from lightseg_nas.cli import app
+
+    for args, expected in [(["--edge-band", "4"], "--edge-band"), (["--loss", "l2"], "--loss"), (["--lr", "inf"], "--lr"), (["--affine", "none"], "--affine")]:
+        result = CliRunner().invoke(app, ["train", "--preset", "sinet", "--out", str(tmp_path / "run"), *args])
+        assert result.exit_code == 2 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "run").exists()
