@@ -2,7 +2,7 @@
 
     python benchmarks/fidelity_audit.py [STUDY] [--count 12] [--epochs 15] [--size 160]
                                         [--eval-size 224] [--runs runs/audit] [--threads 2]
-                                        [--supernet FILE] [--shard K/N]
+                                        [--supernet FILE] [--shard K/N] [--workers N]
                                         [--references sinet]
 
 Picks ``--count`` architectures of a finished study (by default the committed
@@ -18,7 +18,9 @@ supernet of the study's space trained on the study's data and training split), t
 each audited network with the supernet's weights and recalibrated batch norm is one more
 signal: the weight-sharing fidelity's ranking against stand-alone training.
 
-To use several cores, run ``--shard 1/2`` and ``--shard 2/2`` side by side (one thread
+Networks are trained on ``lightseg-nas final``'s runner (lightseg_nas/search/final.py):
+``--workers 2 --threads 1`` trains two at a time, each worker claiming the next untrained
+network. Or run ``--shard 1/2`` and ``--shard 2/2`` side by side (one thread
 each): a shard trains its share of the networks (shares balanced by the study's measured
 latency) and writes no table; a run without ``--shard`` afterwards reads the finished model
 files back and writes the table.
@@ -51,11 +53,11 @@ from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
-from lightseg_nas.search.final import spread
+from lightseg_nas.search.final import retrain, spread
 from lightseg_nas.search.record import TrialRecord, rung_key
 from lightseg_nas.search.report import trials_dataframe
 from lightseg_nas.scripts import Parser, add_retraining_protocol, check_reusable, count, existing_file, fail, guard_results, record_protocol, shard
-from lightseg_nas.train import settings_from, train_to_file
+from lightseg_nas.train import settings_from
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--supernet", type=existing_file, default=None, help="score every audited network with this supernet too")
     parser.add_argument("--shard", type=shard, default=None, help="K/N: train only this share of the networks, write no table")
+    parser.add_argument("--workers", type=count(1, 64), default=1, help="train N networks at a time, --threads each (final's runner)")
     parser.add_argument("--references", nargs="*", default=None, help="presets trained alike for comparison (default: sinet)")
     args = parser.parse_args()
     references = ["sinet"] if args.references is None else args.references
@@ -130,6 +133,15 @@ def main() -> None:
     for arch in [*chosen.arch_id, *[f"reference-{name}" for name in references]]:
         check_reusable(args.runs / arch / "model.pt", settings)  # every reuse checked before any training
     records = {t.number: TrialRecord.of(t) for t in study.trials}
+    references_of = {name: get_preset(name).model_copy(update={"num_classes": study_file.study.num_classes}) for name in references}
+    # every network trained first, on final's runner (resumable per epoch; --workers side by side)
+    retrain(
+        [(trial.arch_id, config_from_dict(records[int(trial.number)].config), args.runs / trial.arch_id) for _, trial in chosen.iterrows()]
+        + ([(f"reference-{name}", config, args.runs / f"reference-{name}") for name, config in references_of.items()] if args.shard is None else []),
+        settings, data, args.workers, args.threads,
+    )
+    if args.shard is not None:
+        return
     rungs = sorted({index for stored in records.values() for index in stored.rung_val_fg_iou})
     proxies = sorted({name for stored in records.values() for name in stored.proxies})
     rows = []
@@ -153,12 +165,6 @@ def main() -> None:
     for _, trial in chosen.iterrows():
         stored = records[int(trial.number)]
         out = args.runs / trial.arch_id
-        if not (out / "model.pt").exists():
-            print(f"training trial {int(trial.number)} ({trial.arch_id}, {int(trial.params):,} params) in {out}", flush=True)
-            config = config_from_dict(stored.config)
-            train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
-        if args.shard is not None:
-            continue
         model, preprocessing, record = load_network(out / "model.pt")
         final = evaluate_network(model, preprocessing, data, "val", args.eval_size, settings.val_fraction, settings.val_seed, progress=False)
         rows.append({
@@ -170,14 +176,8 @@ def main() -> None:
         if supernet is not None:
             rows[-1]["supernet_val_fg_iou"] = score(supernet, config_from_dict(stored.config), recalibration, supernet_val, supernet_record["preprocessing"])["fg_iou"]
         write(pd.DataFrame(rows), signals, args)
-    if args.shard is not None:
-        return
-    for name in references:
-        config = get_preset(name).model_copy(update={"num_classes": study_file.study.num_classes})
+    for name, config in references_of.items():
         out = args.runs / f"reference-{name}"
-        if not (out / "model.pt").exists():
-            print(f"training reference {name} ({arch_id(config)}) in {out}", flush=True)
-            train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
         model, preprocessing, record = load_network(out / "model.pt")
         final = evaluate_network(model, preprocessing, data, "val", args.eval_size, settings.val_fraction, settings.val_seed, progress=False)
         rows.append({

@@ -42,12 +42,12 @@ from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search import load_study_file, open_study
-from lightseg_nas.search.final import spread
+from lightseg_nas.search.final import retrain, spread
 from lightseg_nas.search.pareto import hypervolume
 from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.report import trials_dataframe
 from lightseg_nas.scripts import Parser, add_retraining_protocol, check_reusable, count, existing_file, fail, guard_results, record_protocol, shard
-from lightseg_nas.train import settings_from, train_to_file
+from lightseg_nas.train import settings_from
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
@@ -89,9 +89,7 @@ def gains(frame: pd.DataFrame, arm: str, published: np.ndarray, scale: np.ndarra
 
 
 def trained(config, data: str, out: Path, settings, eval_size: int) -> dict:
-    if not (out / "model.pt").exists():
-        print(f"training {arch_id(config)} in {out}", flush=True)
-        train_to_file(config, data, out, settings, resume=(out / "checkpoint.pt").exists(), progress=False)
+    """A retrained network's scores (trained before, by ``retrain``)."""
     model, preprocessing, record = load_network(out / "model.pt")  # its protocol was checked before any training (check_reusable)
     final = evaluate_network(model, preprocessing, data, "val", eval_size, settings.val_fraction, settings.val_seed, progress=False)
     return {"final_val_fg_iou": final["fg_iou"], "retrain_minutes": record["train_seconds"] / 60}
@@ -113,6 +111,7 @@ def main() -> None:
     add_retraining_protocol(parser, REPO / "runs" / "audit")
     parser.add_argument("--threads", type=count(1, 1024), default=1)
     parser.add_argument("--shard", type=shard, default=None, help="K/N: train only this share of the networks, write no table")
+    parser.add_argument("--workers", type=count(1, 64), default=1, help="train N networks at a time, --threads each (final's runner)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     args.protocol = {
@@ -155,11 +154,13 @@ def main() -> None:
     folder = {arch_id(config): args.runs / (f"reference-{name}" if name == "sinet" else arch_id(config)) for name, config in published.items()}
     for _, config in jobs:  # every reuse checked before any training
         check_reusable(folder.get(arch_id(config), args.runs / arch_id(config)) / "model.pt", settings)
+    k, n = args.shard or (1, 1)
+    # every network trained first, on final's runner (resumable per epoch; --workers side by side)
+    retrain(
+        [(arch_id(config), config, folder.get(arch_id(config), args.runs / arch_id(config))) for index, (_, config) in enumerate(jobs) if index % n == k - 1],
+        settings, data, args.workers, args.threads,
+    )
     if args.shard is not None:
-        k, n = args.shard
-        for index, (_, config) in enumerate(jobs):
-            if index % n == k - 1:
-                trained(config, data, folder.get(arch_id(config), args.runs / arch_id(config)), settings, args.eval_size)
         return
 
     rows = []

@@ -153,3 +153,27 @@ def test_an_eg1800_benchmark_skips_with_its_reason_where_the_data_is_absent(tmp_
     out = capsys.readouterr().out
     assert out.startswith("skipped: ") and "no such dataset folder" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == [study.name]  # nothing trained or written
+
+
+def test_the_audit_retrains_on_finals_runner_with_two_workers_and_reuses_on_a_rerun(tmp_path):
+    """The fidelity audit end to end on a tiny synthetic study: its networks are trained by
+    final's runner (two workers claiming runs), each once, and a rerun trains nothing."""
+    import subprocess
+    import sys
+
+    from tests.test_search import write_study
+
+    study = write_study(tmp_path, fidelity="false")
+    from lightseg_nas.search import load_study_file, run_search
+
+    run_search(load_study_file(study), n_trials=3, progress=False)
+    args = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity_audit.py"), str(study), "--count", "2", "--epochs", "1", "--size", "32", "--eval-size", "32",
+            "--batch-size", "4", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--threads", "1", "--workers", "2"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    trained = [line for line in first.stdout.splitlines() if "] training " in line]
+    assert len(trained) == 3 and len({line.split("] training ")[1] for line in trained}) == 3, first.stdout  # 2 chosen + the SINet reference
+    assert (tmp_path / "out" / "fidelity_audit.md").exists()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    reused = {line.split("kept in ")[1] for line in again.stdout.splitlines() if line.endswith("reused")}
+    assert again.returncode == 0 and "] training " not in again.stdout and len(reused) == 3, again.stdout  # each worker sees all three kept

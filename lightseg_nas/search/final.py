@@ -31,7 +31,7 @@ from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.study_file import StudyFile, derived_folder
 from lightseg_nas.settings import RECIPES
 
-__all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "train_in_workers", "results_table", "write_results", "file_name"]
+__all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "train_in_workers", "retrain", "results_table", "write_results", "file_name"]
 
 PUBLISHED = ("extremec3net", "sinet")
 PARAMS_LIMIT = 37_738  # ExtremeC3Net's published parameter count
@@ -179,6 +179,8 @@ def train_runs(
                 )
             else:
                 on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: finished in {run.run_dir}, reused")
+            if run.model_file == run.run_dir / "model.pt":  # kept where it was trained (retrain)
+                continue
             run.model_file.parent.mkdir(parents=True, exist_ok=True)
             temporary = run.model_file.with_suffix(f".{os.getpid()}.tmp")
             shutil.copyfile(run.run_dir / "model.pt", temporary)
@@ -233,6 +235,20 @@ def train_in_workers(runs: list[FinalRun], data_spec: str, workers: int, threads
     missing = [run for run in runs if not run.model_file.exists()]
     if missing:  # a run another machine's worker still holds
         raise UserError(f"final: {len(missing)} run(s) are still being trained elsewhere ({missing[0].run_dir}); run the command again when they finish")
+
+
+def retrain(named: list[tuple[str, object, Path]], settings, data_spec: str, workers: int = 1, threads: Optional[int] = None) -> None:
+    """Train (name, config, run folder) triples with one protocol on this runner, each model
+    file kept in its run folder: the benchmark scripts' retraining (the fidelity audit, the
+    search comparison), with ``workers`` processes claiming runs as ``final --workers`` does.
+    Reuse checks are the caller's, before this (``scripts.check_reusable``)."""
+    import torch
+
+    runs = [FinalRun(name, settings.seed, config, settings, Path(folder), Path(folder) / "model.pt") for name, config, folder in named]
+    if workers > 1:
+        train_in_workers(runs, data_spec, workers, threads)
+    else:
+        train_runs(runs, data_spec, threads or torch.get_num_threads(), progress=False, on_run=lambda line: print(line, flush=True))
 
 
 def read_ledger(final_dir: Path) -> dict:
