@@ -679,50 +679,20 @@ def final(
     Resumable: the same command continues stopped trainings and reuses finished ones (after
     checking their protocol). Writes STEM-final/NAME.pt per network and seed, results.md,
     results.csv and final_params / final_latency plots."""
-    from lightseg_nas.checks import SEED_MAX, check_output_dir
-    from lightseg_nas.search import load_study_file, open_study
-    from lightseg_nas.search.final import choose_networks, final_folder, plan_runs, results_table, summary, train_in_workers, train_runs, write_results
+    from lightseg_nas.search.final import parse_seeds, run_final
 
     lines_to_stderr(as_json)
-    try:
-        seed_list = tuple(int(part) for part in seeds.split(","))
-    except ValueError:
-        raise UserError(f"--seeds {seeds!r}: give whole numbers separated by commas (0,1)") from None
-    for value in seed_list:
-        _check_int(value, "--seeds", 0, SEED_MAX)
-    _check_int(top, "--top", 1, 10_000)
-    _check_int(max_steps, "--max-steps", 1, 10**9)
-    _check_int(workers, "--workers", 1, 256)
-    _check_int(threads, "--threads", 1, 1024)
-    if teacher_weights is not None and teacher is None:
-        raise FieldError(("teacher_weights", "teacher"), "{0} goes with {1} PRESET")
-    if top is not None and not front:
-        raise FieldError(("top", "front"), "{0} goes with {1}")
-    if teacher_weights is not None and not teacher_weights.is_file():
-        raise UserError(f"--teacher-weights {teacher_weights}: no such file")
-    study_file = load_study_file(study)
-    folder = check_output_dir(out or final_folder(study_file))
-    result = open_study(study_file, create=False)
-    names = choose_networks(
-        result, front, top, tuple(trial), tuple(arch), best_under_params, () if baselines == "none" else tuple(n for n in baselines.split(",") if n),
+    for value, flag, high in ((top, "--top", 10_000), (max_steps, "--max-steps", 10**9), (workers, "--workers", 256), (threads, "--threads", 1024)):
+        _check_int(value, flag, 1, high)
+    _set_threads(threads)
+    outcome = run_final(
+        study, front, top, tuple(trial), tuple(arch), best_under_params, () if baselines == "none" else tuple(n for n in baselines.split(",") if n),
+        parse_seeds(seeds), recipe, teacher, teacher_weights, runs, out, max_steps, table, png, workers, threads, progress,
+        on_run=lambda line: typer.echo(line, err=as_json),
     )
-    names += [f"{name}-kd" for name in names] if teacher else []
-    if not names and not table:
-        raise FieldError(("front", "trial", "arch", "baselines"), "nothing to do: give {0}, {1} N, {2} ID or {3} NAMES, or leave the table on")
-    plans = plan_runs(study_file, result, names, seed_list, runs / study_file.study.name, folder, recipe, max_steps, teacher)
-    if workers > 1:
-        train_in_workers(plans, study_file.data_spec(), workers, threads, teacher_weights)
-        _set_threads(threads)
-    else:
-        _set_threads(threads)
-        import torch
-
-        train_runs(plans, study_file.data_spec(), torch.get_num_threads(), progress, teacher_weights, on_run=lambda line: typer.echo(line, err=as_json))
-    if not table:
+    if outcome is None:
         return
-    frame = results_table(study_file, folder, progress)
-    write_results(frame, study_file, folder, png, recipe)
-    by_model, lines = summary(frame)
+    folder, frame, by_model, lines = outcome
     if as_json:
         _print_json({"models": frame.to_dict(orient="records"), "networks": by_model.to_dict(orient="records"), "comparisons": lines})
         return

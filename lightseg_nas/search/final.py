@@ -31,7 +31,7 @@ from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.study_file import StudyFile, derived_folder
 from lightseg_nas.settings import RECIPES
 
-__all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "train_in_workers", "retrain", "results_table", "write_results", "file_name"]
+__all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "train_in_workers", "retrain", "parse_seeds", "run_final", "results_table", "write_results", "file_name"]
 
 PUBLISHED = ("extremec3net", "sinet")
 PARAMS_LIMIT = 37_738  # ExtremeC3Net's published parameter count
@@ -400,3 +400,56 @@ def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, p
     ]
     (final_dir / "results.md").write_text("\n".join(text))
     return [final_dir / "results.md", *written]
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``0,1`` -> (0, 1): whole numbers in the seed range, or one line saying what is wrong."""
+    from lightseg_nas.settings import SEED_MAX
+
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise FieldError("seeds", f"{{0}} {text!r}: give whole numbers separated by commas (0,1)") from None
+    for value in seeds:
+        if not 0 <= value <= SEED_MAX:
+            raise FieldError("seeds", f"{{0}} must be from 0 to {SEED_MAX:,}, got {value:,}")
+    return seeds
+
+
+def run_final(
+    study: Path, front: bool, top: Optional[int], trials: tuple[int, ...], archs: tuple[str, ...], best_under_params: Optional[int],
+    baselines: tuple[str, ...], seeds: tuple[int, ...], recipe: Optional[str] = None, teacher: Optional[str] = None,
+    teacher_weights: Optional[Path] = None, runs_dir: Path = Path("runs/final"), out: Optional[Path] = None, max_steps: Optional[int] = None,
+    table: bool = True, png: bool = True, workers: int = 1, threads: Optional[int] = None, progress: bool = True, on_run=print,
+):
+    """The `final` job: choose, check every reuse, train (``workers`` at a time), then score
+    every model file of the final folder. Returns (folder, per-file table, per-network
+    table, comparison lines), or None with ``table`` off."""
+    import torch
+
+    from lightseg_nas.checks import check_output_dir
+    from lightseg_nas.search import load_study_file, open_study
+
+    if teacher_weights is not None and teacher is None:
+        raise FieldError(("teacher_weights", "teacher"), "{0} goes with {1} PRESET")
+    if top is not None and not front:
+        raise FieldError(("top", "front"), "{0} goes with {1}")
+    if teacher_weights is not None and not Path(teacher_weights).is_file():
+        raise FieldError("teacher_weights", f"{{0}} {teacher_weights}: no such file")
+    study_file = load_study_file(study)
+    folder = check_output_dir(out or final_folder(study_file))
+    result = open_study(study_file, create=False)
+    names = choose_networks(result, front, top, trials, archs, best_under_params, baselines)
+    names += [f"{name}-kd" for name in names] if teacher else []
+    if not names and not table:
+        raise FieldError(("front", "trial", "arch", "baselines"), "nothing to do: give {0}, {1} N, {2} ID or {3} NAMES, or leave the table on")
+    plans = plan_runs(study_file, result, names, seeds, Path(runs_dir) / study_file.study.name, folder, recipe, max_steps, teacher)
+    if workers > 1:
+        train_in_workers(plans, study_file.data_spec(), workers, threads, teacher_weights)
+    else:
+        train_runs(plans, study_file.data_spec(), torch.get_num_threads(), progress, teacher_weights, on_run=on_run)
+    if not table:
+        return None
+    frame = results_table(study_file, folder, progress)
+    write_results(frame, study_file, folder, png, recipe)
+    return (folder, frame, *summary(frame))
