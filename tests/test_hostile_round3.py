@@ -44,12 +44,13 @@ def assets(tmp_path_factory):
 
 def _interrupted_training(out: Path, supernet: bool = False) -> None:
     """A run folder with the checkpoint of a run stopped after its first epoch."""
+    import lightseg_nas.runs as runs_module  # the run layer writes every checkpoint
     import lightseg_nas.supernet as supernet_module
     import lightseg_nas.train as train_module
 
     if supernet:
         settings = SupernetSettings(epochs=2, size=32, batch_size=4, random_subnets=0, recalibration_images=4)
-        real = supernet_module.save_record
+        real = runs_module.save_record
         calls = []
 
         def save_then_stop(record, path):
@@ -57,12 +58,12 @@ def _interrupted_training(out: Path, supernet: bool = False) -> None:
             calls.append(path)
             raise KeyboardInterrupt
 
-        supernet_module.save_record = save_then_stop
+        runs_module.save_record = save_then_stop
         try:
             with contextlib.suppress(KeyboardInterrupt):
                 supernet_module.train_supernet("sinet", 1, "synthetic:count=8", out, settings, progress=False)
         finally:
-            supernet_module.save_record = real
+            runs_module.save_record = real
         return
     with stopping_after_one_epoch(), contextlib.suppress(KeyboardInterrupt):
         train_module.train_to_file(get_preset("sinet"), "synthetic:count=8", out, settings_from(epochs=2, size=32, batch_size=4), progress=False)
