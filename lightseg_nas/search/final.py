@@ -356,13 +356,13 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
 
 def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, png: bool = True, recipe: Optional[str] = None) -> list[Path]:
     """results.csv, results.md and the plots (HTML, and PNG where kaleido can draw)."""
-    from lightseg_nas.search.report import _png_available, figure_html
+    from lightseg_nas.search.report import _png_available, figure_html, write_plotlyjs
     from lightseg_nas.train import settings_from
 
     final_dir = Path(final_dir)
     by_model, lines = summary(frame)
     frame.to_csv(final_dir / "results.csv", index=False)
-    written = [final_dir / "results.csv"]
+    written = [final_dir / "results.csv", final_dir / write_plotlyjs(final_dir)]
     png_note = _png_available() if png else "PNG export not asked for."
     for cost in ("params", "latency"):
         figure, name = final_figure(by_model, cost, study_file), f"final_{cost}"

@@ -315,7 +315,7 @@ def figure_html(figure: go.Figure, name: str, static: bool) -> str:
     fallback = (
         f'<div id="static-{name}"><img src="{name}.png" alt="{name}" style="max-width:100%">'
         "<p><small>Static image: the interactive plot needs plotly.min.js beside this file, which "
-        "<code>lightseg-nas report</code> writes.</small></p></div>"
+        "the command that wrote this page writes (it is not kept in git).</small></p></div>"
     ) if static else ""
     swap = (
         f'<script>if (window.Plotly) {{ document.getElementById("static-{name}").remove(); }} '
@@ -325,6 +325,13 @@ def figure_html(figure: go.Figure, name: str, static: bool) -> str:
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{name}</title>'
         f'<script src="plotly.min.js"></script></head><body>\n{fallback}\n{plot}\n{swap}\n</body></html>\n'
     )
+
+
+def write_plotlyjs(folder: Path) -> str:
+    """plotly.js once, beside the HTML pages of a folder, so they work offline (4.8 MB, so
+    git ignores it: a clone shows each page's PNG instead)."""
+    (Path(folder) / "plotly.min.js").write_text(get_plotlyjs())
+    return "plotly.min.js"
 
 
 def write_report(study: optuna.Study, out: Path, png: bool = True, study_file=None) -> Report:
@@ -348,9 +355,7 @@ def write_report(study: optuna.Study, out: Path, png: bool = True, study_file=No
     try:
         names = []
         if figures:
-            # plotly.js once, beside the HTML files: the report works offline
-            (staging / "plotly.min.js").write_text(get_plotlyjs())
-            names.append("plotly.min.js")
+            names.append(write_plotlyjs(staging))
         for name, figure in figures.items():
             if not png_note:
                 try:
