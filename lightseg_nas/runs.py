@@ -122,7 +122,7 @@ def train_epochs(
     ``step(x, masks, generator, epoch)`` computes the batch's loss and its gradients (one
     or several backward passes) and returns the loss; the loop zeroes the gradients before
     it and steps Adam and the schedule after it, refusing a non-finite loss before any
-    update (FloatingPointError). ``validate(epoch)`` gives the epoch's metrics (keys
+    update (FloatingPointError; its gradients are never applied). ``validate(epoch)`` gives the epoch's metrics (keys
     without the ``val_`` prefix go in as they are). With ``state`` (a checkpoint read by
     :func:`read_checkpoint`) the run continues from it; with ``checkpoint``, the state is
     saved after every epoch (the settings as ``stored_settings``, default the settings').
@@ -164,12 +164,12 @@ def train_epochs(
             x, masks = prepare_batch(train_data, order[first : first + settings.batch_size], settings, preprocessing, generator, device)
             x = place_input(x, channels_last)
             optimizer.zero_grad(set_to_none=True)
-            loss = step(x, masks, generator, epoch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {index}")
+            value = step(x, masks, generator, epoch).item()  # one synchronisation per step
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at epoch {epoch}, step {index}")
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item()
+            total_loss += value
             batches += 1
             index += 1
             if first_step:

@@ -151,8 +151,7 @@ def fit(
         loss = segmentation_loss(logits, masks, settings.loss, settings.edge_weight, settings.edge_band)
         if extra_loss is not None and not encoder_only:
             loss = loss + extra_loss(x, logits, masks)
-        if torch.isfinite(loss):
-            loss.backward()
+        loss.backward()  # a non-finite loss is refused by the loop before Adam steps
         return loss
 
     try:

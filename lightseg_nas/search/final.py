@@ -208,15 +208,22 @@ def _worker(runs, data_spec, threads, teacher_weights, number) -> None:
         sys.exit(130)
 
 
-def train_in_workers(runs: list[FinalRun], data_spec: str, workers: int, threads: Optional[int] = None, teacher_weights: Optional[Path] = None) -> None:
+def train_in_workers(
+    runs: list[FinalRun], data_spec: str, workers: int, threads: Optional[int] = None, teacher_weights: Optional[Path] = None, progress: bool = True, on_run=print
+) -> None:
     """``workers`` processes on this machine train the runs side by side, ``threads`` each
     (default: the cores this process may use, shared out), claiming runs as in
-    ``train_runs(share=True)``. Another machine that sees the same runs folder can run the
-    same command and join in."""
+    ``train_runs(share=True)``; one worker trains here, in this process. Another machine
+    that sees the same runs folder can run the same command and join in."""
     import multiprocessing
+
+    import torch
 
     from lightseg_nas.checks import usable_cores
 
+    if workers == 1:
+        train_runs(runs, data_spec, threads or torch.get_num_threads(), progress, teacher_weights, on_run=on_run)
+        return
     threads = threads or max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(runs, data_spec, threads, teacher_weights, number)) for number in range(1, workers + 1)]
@@ -242,13 +249,8 @@ def retrain(named: list[tuple[str, object, Path]], settings, data_spec: str, wor
     file kept in its run folder: the benchmark scripts' retraining (the fidelity audit, the
     search comparison), with ``workers`` processes claiming runs as ``final --workers`` does.
     Reuse checks are the caller's, before this (``scripts.check_reusable``)."""
-    import torch
-
     runs = [FinalRun(name, settings.seed, config, settings, Path(folder), Path(folder) / "model.pt") for name, config, folder in named]
-    if workers > 1:
-        train_in_workers(runs, data_spec, workers, threads)
-    else:
-        train_runs(runs, data_spec, threads or torch.get_num_threads(), progress=False, on_run=lambda line: print(line, flush=True))
+    train_in_workers(runs, data_spec, workers, threads, progress=False, on_run=lambda line: print(line, flush=True))
 
 
 def read_ledger(final_dir: Path) -> dict:
@@ -425,8 +427,6 @@ def run_final(
     """The `final` job: choose, check every reuse, train (``workers`` at a time), then score
     every model file of the final folder. Returns (folder, per-file table, per-network
     table, comparison lines), or None with ``table`` off."""
-    import torch
-
     from lightseg_nas.checks import check_output_dir
     from lightseg_nas.search import load_study_file, open_study
 
@@ -444,10 +444,7 @@ def run_final(
     if not names and not table:
         raise FieldError(("front", "trial", "arch", "baselines"), "nothing to do: give {0}, {1} N, {2} ID or {3} NAMES, or leave the table on")
     plans = plan_runs(study_file, result, names, seeds, Path(runs_dir) / study_file.study.name, folder, recipe, max_steps, teacher)
-    if workers > 1:
-        train_in_workers(plans, study_file.data_spec(), workers, threads, teacher_weights)
-    else:
-        train_runs(plans, study_file.data_spec(), torch.get_num_threads(), progress, teacher_weights, on_run=on_run)
+    train_in_workers(plans, study_file.data_spec(), workers, threads, teacher_weights, progress, on_run)
     if not table:
         return None
     frame = results_table(study_file, folder, progress)

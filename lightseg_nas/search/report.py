@@ -309,8 +309,8 @@ class Report(list):
 
 def figure_html(figure: go.Figure, name: str, static: bool) -> str:
     """A page that draws the interactive plot with plotly.min.js beside it, and shows the
-    static NAME.png instead where that script is absent (a folder copied without it) or
-    cannot run, so a report never opens blank."""
+    static NAME.png instead where that script is absent (a clone: plotly.js is not kept in
+    git) or cannot run, so a committed page never opens blank."""
     plot = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{name}", default_width="900px", default_height="650px")
     fallback = (
         f'<div id="static-{name}"><img src="{name}.png" alt="{name}" style="max-width:100%">'
