@@ -234,6 +234,7 @@ def _compress_locked(
         },
         history=[row for history in histories for row in history],
         train_seconds=sum(row["seconds"] for row in rows),
+        threads=torch.get_num_threads(),
     )
     atomic_write_text(config_out, to_json(model.config))
     save_record(result, out)

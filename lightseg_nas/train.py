@@ -247,5 +247,7 @@ def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessin
         images_per_s=images_per_s(history),
         # what taught this network besides the labels (None: the labels alone)
         teacher=teacher,
+        # the CPU threads of the process that finished it (CPU-minutes = train_seconds x threads)
+        threads=torch.get_num_threads(),
     )
     return runs.finish(record, out_dir, "model.pt")

@@ -80,8 +80,18 @@ def test_final_models_names_and_comparison_lines():
     })
     by_model, lines = final.summary(frame)
     assert by_model.set_index("model").loc["extremec3net", "val_fg_iou_224_mean"] == pytest.approx(93.1)
-    assert len(lines) == 2  # one over-budget network is not compared with ExtremeC3Net; the fast one is compared with SINet
-    assert "+0.60 points against ExtremeC3Net (seeds 0,1)" in lines[0] and "-0.30 points against SINet" in lines[1]
+    # the over-budget network is compared with neither; the one within budget with ExtremeC3Net, with SINet's
+    # bar (not met: 0.30 points short, though faster), and, being fast, with SINet's accuracy
+    assert len(lines) == 3, lines
+    assert "+0.60 points against ExtremeC3Net (seeds 0,1)" in lines[0] and "-0.30 points against SINet" in lines[2]
+    assert lines[1].startswith("- 0123456789ab against SINet (seeds 0): -0.30 points") and "latency 0.40x of SINet's (latency_ratio)" in lines[1]
+    assert lines[1].endswith(": not met.")
+    frame.loc[frame.model == "0123456789ab", "val_fg_iou_224"] += 0.5  # now 0.20 above SINet, still faster: met
+    _, lines = final.summary(frame)
+    assert lines[1].startswith("- 0123456789ab against SINet (seeds 0): +0.20 points") and lines[1].endswith(": met.")
+    slower = frame.assign(latency_ratio_onnxruntime=[1.5, 1.5, 1.2, 1.2, 0.9, 1.0])  # slower than SINet on the other backend
+    assert final.summary(slower)[1][1].endswith(": not met.") and "0.40x, 1.20x of SINet's" in final.summary(slower)[1][1]
+    frame.loc[frame.model == "0123456789ab", "val_fg_iou_224"] -= 0.5
     assert "seed spread 0.40 here, 0.20 for ExtremeC3Net" in lines[0]
     _, lines = final.summary(frame[frame.seed == 0])
     assert "seed spread n/a (one seed) here, n/a (one seed) for" in lines[0]

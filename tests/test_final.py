@@ -24,7 +24,10 @@ def test_final_trains_two_networks_for_two_seeds_and_reuses_them(tmp_path):
     kept = sorted(p.name for p in folder.glob("*.pt"))
     assert len(kept) == 4 and "sinet.pt" in kept and "sinet-seed1.pt" in kept
     assert {row["seeds"] for row in summary["networks"]} == {"0,1"} and len(summary["networks"]) == 2
-    assert all(0 <= row["val_fg_iou_224"] <= 100 and row["latency_ratio"] > 0 for row in summary["models"])
+    assert all(0 <= row["val_fg_iou_224"] <= 100 and row["latency_ratio"] > 0 and row["latency_ratio_onnxruntime"] > 0 for row in summary["models"])
+    # SINet is the reference: its own trained copies read 1.00 on both backends, not a second timing of it
+    assert {(row["latency_ratio"], row["latency_ratio_onnxruntime"]) for row in summary["models"] if row["model"] == "sinet"} == {(1.0, 1.0)}
+    assert all(row["cpu_minutes"] > 0 for row in summary["models"])  # the threads each model file records
     for name in ("results.md", "results.csv", "final_params.html", "final_latency.html", "plotly.min.js"):  # the pages work offline
         assert (folder / name).exists(), name
     assert "Written by `lightseg-nas final`" in (folder / "results.md").read_text()
@@ -84,3 +87,25 @@ def test_a_worker_passes_over_a_run_another_one_holds(tmp_path):
         train_runs(runs, study_file.data_spec(), 1, progress=False, on_run=lines.append, share=True)
     assert "another worker is training it" in lines[0] and "training sinet seed 1" in lines[1]
     assert not runs[0].model_file.exists() and runs[1].model_file.exists()
+
+
+def test_a_compressed_network_in_the_final_folder_is_scored_with_its_source_teacher_and_the_sinet_bar(tmp_path):
+    study = write_study(tmp_path, fidelity="false")
+    assert runner.invoke(app, ["search", str(study), "--n-trials", "2", "--no-progress", "--no-report"]).exit_code == 0
+    common = ["--runs", str(tmp_path / "runs"), "--no-png", "--threads", "1", "--no-progress", "--recipe", "curve", "--max-steps", "1"]
+    assert runner.invoke(app, ["final", str(study), "--baselines", "sinet", "--no-table", *common]).exit_code == 0
+    folder = tmp_path / "tiny-final"
+    squeezed = runner.invoke(app, [
+        "compress", str(folder / "sinet.pt"), "--target-params", "37738", "--teacher", str(folder / "sinet.pt"), "--out", str(folder / "sinet-c37738-kd.pt"),
+        "--steps", "1", "--epochs-per-step", "1", "--max-steps-per-step", "1", "--size", "64", "--threads", "1", "--no-progress",
+    ])
+    assert squeezed.exit_code == 0, squeezed.output
+    result = runner.invoke(app, ["final", str(study), "--baselines", "none", *common, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    rows = {row["model"]: row for row in summary["models"]}
+    assert set(rows) == {"sinet", "sinet-c37738-kd"}
+    assert rows["sinet-c37738-kd"]["source"] == "sinet.pt" and rows["sinet-c37738-kd"]["teacher"] == "sinet.pt" and rows["sinet"]["teacher"] == rows["sinet"]["source"] == ""
+    assert rows["sinet-c37738-kd"]["params"] <= 37738 < rows["sinet"]["params"] and rows["sinet-c37738-kd"]["cpu_minutes"] > 0
+    bar = [line for line in summary["comparisons"] if line.startswith("- sinet-c37738-kd against SINet")]
+    assert len(bar) == 1 and "latency_ratio, latency_ratio_onnxruntime" in bar[0] and bar[0].endswith(("target (at most 37,738 params and SINet's latency, at least its accuracy): met.", "not met."))

@@ -269,21 +269,44 @@ def record_threads(final_dir: Path, name: str, threads: int) -> None:
         temporary.replace(Path(final_dir) / "trainings.json")
 
 
+def other_backend(backend: str) -> str:
+    """The latency backend timed beside the study's: torch for onnxruntime, else onnxruntime."""
+    return "torch" if backend == "onnxruntime" else "onnxruntime"
+
+
+def _teacher_label(record: dict) -> str:
+    """What taught a model file besides the labels: a trainer's teacher, or a compression's."""
+    teacher = record.get("teacher") or (record.get("compress") or {}).get("teacher")
+    if not teacher:
+        return ""
+    if teacher.startswith("preset "):
+        return f"{teacher.split()[1]} (released)"
+    return teacher.removeprefix("model file ").split(" (")[0]  # the teacher's file name
+
+
 def results_table(study_file: StudyFile, final_dir: Path, progress: bool = False) -> pd.DataFrame:
-    """Every model file in the final folder, scored the same way (one row per file)."""
+    """Every model file in the final folder, scored the same way (one row per file).
+
+    Latency is a ratio to the study's reference network, timed round-robin with every
+    network in one run on the study's backend and, in a second run, on the other one
+    (``latency_ratio`` and ``latency_ratio_<other>``). The reference is the folder's own
+    trained copy of it where there is one (its row reads 1.00), else the preset built fresh.
+    A compressed model file names its source (``source``); its minutes are the
+    compression's alone."""
     from lightseg_nas.cost import count_macs, count_params, measure_latency
     from lightseg_nas.families import build_model
     from lightseg_nas.inference import evaluate_network, load_network
+    from lightseg_nas.config import arch_id
 
     data, cost, ledger = study_file.data_spec(), study_file.cost, read_ledger(final_dir)
     rows, models = [], {}
     for path in sorted(Path(final_dir).glob("*.pt")):
         model, preprocessing, record = load_network(path)
         metrics = evaluate_network(model, preprocessing, data, "val", 224, record["training"]["val_fraction"], record["training"]["val_seed"], progress=progress)
-        threads = ledger.get(path.name, {}).get("threads")
+        threads = ledger.get(path.name, {}).get("threads") or record.get("threads")
         rows.append({
             "model": re.sub(r"-seed\d+$", "", path.stem), "file": path.name, "arch_id": record["arch_id"], "seed": record["training"]["seed"],
-            "teacher": "SINet (released)" if record.get("teacher") else "",
+            "teacher": _teacher_label(record), "source": Path((record.get("compress") or {}).get("source") or "").name,
             "params": count_params(model), "macs_conv_only_m": count_macs(model, 224, ("conv_only",))["conv_only"].macs / 1e6,
             "val_fg_iou_224": metrics["fg_iou"] * 100, "val_miou_224": metrics["miou"] * 100, "val_boundary_f_224": metrics["boundary_f"] * 100,
             "train_minutes": record["train_seconds"] / 60, "cpu_minutes": record["train_seconds"] / 60 * threads if threads else None,
@@ -291,10 +314,15 @@ def results_table(study_file: StudyFile, final_dir: Path, progress: bool = False
         models.setdefault(record["arch_id"], model)
     if not rows:
         return pd.DataFrame()
-    reference = build_model(get_preset(cost.reference).model_copy(update={"num_classes": study_file.study.num_classes})).eval()
-    timing = measure_latency({"reference": reference, **models}, size=cost.size, threads=cost.threads, repeats=max(30, cost.repeats), backend=cost.backend)
+    preset = get_preset(cost.reference).model_copy(update={"num_classes": study_file.study.num_classes})
+    reference = arch_id(preset)
+    if reference not in models:
+        models[reference] = build_model(preset).eval()
     frame = pd.DataFrame(rows).sort_values(["model", "seed"], kind="stable").reset_index(drop=True)
-    frame.insert(7, "latency_ratio", [timing[a].median_ms / timing["reference"].median_ms for a in frame.arch_id])
+    for position, backend in enumerate((cost.backend, other_backend(cost.backend))):
+        timing = measure_latency(models, size=cost.size, threads=cost.threads, repeats=max(30, cost.repeats), backend=backend)
+        column = "latency_ratio" if position == 0 else f"latency_ratio_{backend}"
+        frame.insert(8 + position, column, [timing[a].median_ms / timing[reference].median_ms for a in frame.arch_id])
     return frame
 
 
@@ -306,7 +334,8 @@ def summary(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Per network over its seeds, and one line per comparison with a published network:
     the gap in seed means with both networks' seed spread beside it."""
     by_model = frame.groupby("model", sort=False).agg(
-        params=("params", "first"), latency_ratio=("latency_ratio", "first"), seeds=("seed", lambda s: ",".join(map(str, sorted(s)))),
+        params=("params", "first"), latency_ratio=("latency_ratio", "first"),
+        **{c: (c, "first") for c in frame.columns if c.startswith("latency_ratio_")}, seeds=("seed", lambda s: ",".join(map(str, sorted(s)))),
         val_fg_iou_224_mean=("val_fg_iou_224", "mean"), val_fg_iou_224_min=("val_fg_iou_224", "min"), val_fg_iou_224_max=("val_fg_iou_224", "max"),
     ).reset_index()
     lines = []
@@ -322,6 +351,20 @@ def summary(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             )
     sinet = by_model[by_model.model == "sinet"]
     fast = by_model[(by_model.latency_ratio <= 0.5) & ~by_model.model.isin(PUBLISHED)]
+    if len(sinet) and len(searched):
+        # the bar of a network one would pick over both: ExtremeC3Net's size, SINet's latency
+        # on every backend timed, SINet's accuracy (seed means)
+        top = sinet.iloc[0]
+        ratios = [c for c in by_model.columns if c.startswith("latency_ratio")]
+        for _, row in searched.iterrows():
+            gap = row.val_fg_iou_224_mean - top.val_fg_iou_224_mean
+            met = gap >= 0 and all(row[c] <= top[c] for c in ratios)
+            latency = ", ".join(f"{row[c] / top[c]:.2f}x" for c in ratios)
+            lines.append(
+                f"- {row.model} against SINet (seeds {top.seeds}): {gap:+.2f} points in seed means (seed spread {_seed_spread(row)} here, "
+                f"{_seed_spread(top)} for SINet), latency {latency} of SINet's ({', '.join(ratios)}); "
+                f"target (at most 37,738 params and SINet's latency, at least its accuracy): {'met' if met else 'not met'}."
+            )
     if len(sinet):
         for _, row in fast.iterrows():
             lines.append(f"- {row.model} at {row.latency_ratio:.2f}x SINet's latency: {row.val_fg_iou_224_mean - sinet.iloc[0].val_fg_iou_224_mean:+.2f} points against SINet (target within 0.5).")
@@ -384,9 +427,11 @@ def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, p
         f"on the study's data (`{study_file.data.spec}`) minus its validation split ({study_file.data.val_fraction:g}, seed {study_file.data.val_seed}); "
         "an EG1800 test list is never read. Scored on that validation split with the papers' protocol: per-image foreground IoU at 224x224 (the papers' \"mIoU\"), mIoU over "
         "background and foreground, boundary F, in %. Parameters and conv-only MACs (convolutions and linear layers; batch norm, activations, "
-        "pooling and resizing left out) at 224; latency_ratio: median batch-1 latency over SINet's, timed round-robin in one run "
-        f"({study_file.cost.backend}, {study_file.cost.threads} thread(s)). -kd: distilled from the released SINet, which was trained with extra "
-        "portrait data. train_minutes: wall time on this 2-core machine; cpu_minutes: times the threads used. Run-to-run noise of the "
+        f"pooling and resizing left out) at 224; latency_ratio: median batch-1 latency over {study_file.cost.reference}'s (its trained copy here where there is one), "
+        f"timed round-robin in one run on the study's backend ({study_file.cost.backend}, {study_file.cost.threads} thread(s)); "
+        f"latency_ratio_{other_backend(study_file.cost.backend)}: the same in a second run on that backend. teacher: what a network was distilled from "
+        "(the released SINet was trained with extra portrait data); source: the model file a compressed network was pruned from "
+        "(its minutes are the compression's alone). train_minutes: wall time on this 2-core machine; cpu_minutes: times the threads used. Run-to-run noise of the "
         "validation fg IoU (other seeds) is 0.15-0.2 points. Written by `lightseg-nas final`.",
         "",
         frame.to_markdown(index=False, floatfmt=".4g"),
