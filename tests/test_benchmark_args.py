@@ -33,6 +33,12 @@ CASES = [
     ("final_models", ["--train", "resnet"], "resnet"),
     ("final_models", ["--threads", "0"], "--threads"),
     ("rung_agreement", ["no/such/study.toml"], "no such file"),
+    ("long_curves", ["--epochs", "0"], "--epochs"),
+    ("long_curves", ["--seed", "x"], "--seed"),
+    ("long_curves", ["--recipe", "long-ish"], "--recipe"),
+    ("long_curves", ["--networks", "resnet"], "resnet"),
+    ("long_curves", ["--networks", "sinet-kd"], "sinet-kd"),
+    ("long_curves", ["no/such/study.toml"], "no such file"),
     ("rung_agreement", [str(STUDIES / "eg1800_extremec3_supernet.toml")], "no second rung"),
 ]
 # these read the committed EG1800 studies' data: only where it is present
@@ -41,6 +47,9 @@ WITH_DATA = [
     ("search_comparison", [str(STUDIES / "eg1800_extremec3_supernet.toml"), str(STUDIES / "eg1800_extremec3.toml"), "--out", "{tmp}/out"], "needs a rungs study"),
     ("final_models", ["--train", "extremec3net", "--max-steps", "1", "--runs", "{tmp}/runs"], "holds another network or protocol"),
     ("final_models", ["--train", "extremec3net-kd", "--teacher-weights", "no/such.pth"], "--teacher-weights"),
+    ("long_curves", ["--epochs", "20"], "more than the recipe's 30"),
+    ("long_curves", ["--networks", "0123456789ab"], "no trial of study"),
+    ("long_curves", ["--epochs", "200", "--no-train"], "holds results of another protocol"),
 ]
 
 

@@ -187,3 +187,15 @@ def test_the_audit_retrains_on_finals_runner_with_two_workers_and_reuses_on_a_re
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     reused = {line.split("kept in ")[1] for line in again.stdout.splitlines() if line.endswith("reused")}
     assert again.returncode == 0 and "] training " not in again.stdout and len(reused) == 3, again.stdout  # each worker sees all three kept
+
+
+def test_long_curves_ranking_compares_only_finished_networks_with_a_recipe_score():
+    import pandas as pd
+
+    curves = _load("long_curves")
+    table = pd.DataFrame({"network": ["sinet", "a", "b"], "epochs_done": [100, 100, 40], "val_fg_iou_last": [95.0, 94.0, 96.0], "val_fg_iou_recipe": [94.3, 94.5, 92.0]})
+    line = curves.ranking_line(table, "final", 100)
+    assert "a different order" in line and "a > sinet against sinet > a" in line  # b has not finished: left out
+    table.loc[1, "val_fg_iou_recipe"] = 93.0
+    assert "the same order" in curves.ranking_line(table, "final", 100)
+    assert "not yet comparable (1 of 3" in curves.ranking_line(table.assign(val_fg_iou_recipe=[94.3, None, None]), "final", 100)
