@@ -110,6 +110,9 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+    for path, flag in ((args.out, "--out"), (args.runs, "--runs")):
+        if path.exists() and not path.is_dir():
+            fail(f"{flag} {path}: not a folder")
     for name in args.networks:
         if not re.fullmatch(NAME_PATTERN, name) or name.endswith("-kd"):
             fail(f"--networks {name!r}: give published networks (extremec3net, sinet) or 12-hex-digit arch ids of the study")

@@ -39,6 +39,8 @@ CASES = [
     ("long_curves", ["--networks", "resnet"], "resnet"),
     ("long_curves", ["--networks", "sinet-kd"], "sinet-kd"),
     ("long_curves", ["no/such/study.toml"], "no such file"),
+    ("long_curves", ["--out", str(REPO / "README.md")], "--out"),
+    ("long_curves", ["--runs", str(REPO / "README.md")], "--runs"),
     ("rung_agreement", [str(STUDIES / "eg1800_extremec3_supernet.toml")], "no second rung"),
 ]
 # these read the committed EG1800 studies' data: only where it is present
