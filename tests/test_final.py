@@ -107,5 +107,6 @@ def test_a_compressed_network_in_the_final_folder_is_scored_with_its_source_teac
     assert set(rows) == {"sinet", "sinet-c37738-kd"}
     assert rows["sinet-c37738-kd"]["source"] == "sinet.pt" and rows["sinet-c37738-kd"]["teacher"] == "sinet.pt" and rows["sinet"]["teacher"] == rows["sinet"]["source"] == ""
     assert rows["sinet-c37738-kd"]["params"] <= 37738 < rows["sinet"]["params"] and rows["sinet-c37738-kd"]["cpu_minutes"] > 0
+    assert rows["sinet-c37738-kd"]["seed"] == 0  # the compression's seed, not its last fine-tuning's (seed + step)
     bar = [line for line in summary["comparisons"] if line.startswith("- sinet-c37738-kd against SINet")]
     assert len(bar) == 1 and "latency_ratio, latency_ratio_onnxruntime" in bar[0] and bar[0].endswith(("target (at most 37,738 params and SINet's latency, at least its accuracy): met.", "not met."))

@@ -305,7 +305,9 @@ def results_table(study_file: StudyFile, final_dir: Path, progress: bool = False
         metrics = evaluate_network(model, preprocessing, data, "val", 224, record["training"]["val_fraction"], record["training"]["val_seed"], progress=progress)
         threads = ledger.get(path.name, {}).get("threads") or record.get("threads")
         rows.append({
-            "model": re.sub(r"-seed\d+$", "", path.stem), "file": path.name, "arch_id": record["arch_id"], "seed": record["training"]["seed"],
+            "model": re.sub(r"-seed\d+$", "", path.stem), "file": path.name, "arch_id": record["arch_id"],
+            # the run's seed (a compression's own: its fine-tunings use seed + step)
+            "seed": record.get("seed", record["training"]["seed"]),
             "teacher": _teacher_label(record), "source": Path((record.get("compress") or {}).get("source") or "").name,
             "params": count_params(model), "macs_conv_only_m": count_macs(model, 224, ("conv_only",))["conv_only"].macs / 1e6,
             "val_fg_iou_224": metrics["fg_iou"] * 100, "val_miou_224": metrics["miou"] * 100, "val_boundary_f_224": metrics["boundary_f"] * 100,
