@@ -107,6 +107,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_compress_resumes_after_a_stop_to_the_same_weights(trained, tmp_path):
     settings = settings_from(metric="params", target=45_000, steps=2, epochs_per_step=1, size=64, mac_size=64, batch_size=8, max_steps_per_step=2)
     whole = compress_to_file(trained, tmp_path / "whole.pt", DATA, settings, progress=False)

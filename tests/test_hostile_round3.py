@@ -302,6 +302,7 @@ def test_a_full_disk_or_no_memory_ends_in_one_line_and_leaves_nothing(assets, co
     assert not [p for p in leftovers if p.is_file()], leftovers
 
 
+@pytest.mark.slow
 def test_a_real_out_of_memory_ends_in_one_line(tmp_path):
     """supernet at 1024 px under an address-space limit: the allocator fails for real."""
     import resource

@@ -96,6 +96,7 @@ def _sqlite_search_in_a_trial(tmp_path, n_trials):
     return study, storage, worker
 
 
+@pytest.mark.slow
 def test_a_sigkilled_sqlite_search_reruns_to_the_exact_count_at_once(tmp_path):
     study, storage, first = _sqlite_search_in_a_trial(tmp_path, 3)
     first.send_signal(signal.SIGKILL)

@@ -59,6 +59,7 @@ def test_convolution_only_macs_match_the_papers(name, expected_millions):
     assert counts["thop"].macs > counts["conv_only"].macs
 
 
+@pytest.mark.slow
 def test_the_papers_protocol_reproduces_the_official_scores(official, eg1800):
     """Released weights on all 1,341 training-list images at 224x224, images and masks
     resized the OpenCV way: the official evaluation gives SINet 95.24, ExtremeC3Net 95.43

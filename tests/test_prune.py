@@ -77,6 +77,7 @@ def test_presets_prune_by_half(name):
     _check(get_preset(name))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space", search_spaces.list_spaces())
 def test_space_samples_prune_by_half(space):
     for seed in range(SAMPLES):

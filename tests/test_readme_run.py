@@ -21,8 +21,10 @@ the README's paths work unchanged. What the test changes, and only that:
 import re
 import shlex
 import shutil
+import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -95,11 +97,12 @@ def _sandbox(root: Path) -> Path:
     return main
 
 
+@pytest.mark.slow
 def test_every_readme_command_block_runs_on_synthetic_data(tmp_path, monkeypatch, request):
     main = _sandbox(tmp_path)
     monkeypatch.chdir(main)
     postgres = None
-    ran, skipped = [], []
+    ran, skipped, seconds = [], [], {}
     for language, block in readme_blocks():
         if language == "python":  # runs with or without the released weights
             exec(compile(block, "README.md", "exec"), {})
@@ -129,7 +132,9 @@ def test_every_readme_command_block_runs_on_synthetic_data(tmp_path, monkeypatch
                 line = line.replace("ARCH_ID", exported[0].stem)
             args = shlex.split(line)[1:]
             args += SMOKE.get(args[0], [])
+            started = time.perf_counter()
             result = runner.invoke(app, args)
+            seconds[line] = seconds.get(line, 0.0) + time.perf_counter() - started
             if "--resume" in args and result.exit_code == 2 and "already holds a finished" in result.stderr:
                 ran.append(line)  # the run above finished, so there is nothing to continue: the right answer
                 continue
@@ -142,6 +147,7 @@ def test_every_readme_command_block_runs_on_synthetic_data(tmp_path, monkeypatch
                  "runs/winner-small.pt", "winner-small.onnx", "runs/net/model.pt", "net.onnx", "previews/photo_mask.png"]:
         assert (main / path).exists(), path
     print(f"ran {len(ran)} README commands; not run: {skipped}")
+    print("slowest:", *[f"{s:6.1f}s {line}" for line, s in sorted(seconds.items(), key=lambda item: -item[1])[:15]], sep="\n")
 
 
 def test_every_docs_page_is_run():

@@ -47,6 +47,7 @@ def running_trials(storage, name):
         return []
 
 
+@pytest.mark.slow
 def test_four_workers_share_one_study_exactly(tmp_path, postgres_url):
     study = write_study(tmp_path, fidelity="false")
     result = subprocess.run(
@@ -67,6 +68,7 @@ def test_four_workers_share_one_study_exactly(tmp_path, postgres_url):
             assert trial.user_attrs["arch_id"] and (trial.state == TrialState.PRUNED or trial.values)
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_is_detected_and_the_study_still_completes(tmp_path, postgres_url):
     study = write_study(tmp_path, fidelity="false", study_extra=FAST_HEARTBEAT)
     workers = [search_process(study, postgres_url, "kill", 10) for _ in range(3)]
@@ -86,6 +88,7 @@ def test_sigkilled_worker_is_detected_and_the_study_still_completes(tmp_path, po
     assert TrialState.FAIL in trial_states  # the killed worker's trial, failed as stale and retried
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop,background", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, True)])
 def test_sigint_or_sigterm_stops_cleanly_and_the_same_command_resumes(tmp_path, postgres_url, stop, background):
     study = write_study(tmp_path, fidelity="false", rungs=SLOW_RUNGS)

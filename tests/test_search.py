@@ -85,6 +85,7 @@ def test_tiny_study_in_memory_records_what_each_trial_built(tmp_path):
             assert trial.values[1] == attrs["params"]
 
 
+@pytest.mark.slow
 def test_stop_and_rerun_continues_without_repeating_trials(tmp_path):
     path = write_study(tmp_path)
     study_file = load_study_file(path)
