@@ -307,15 +307,27 @@ class Report(list):
     note: str = ""
 
 
+def plotly_scripts() -> str:
+    """The page head's scripts: plotly.min.js from beside the page (written with it, so a
+    page works offline); where that file is absent (a clone: git does not keep it), the
+    same plotly.js version from plotly's CDN (plotly's own URL for the bundled version)."""
+    from plotly.io._utils import plotly_cdn_url
+
+    return (
+        '<script src="plotly.min.js"></script>'
+        f"<script>window.Plotly || document.write('<script src=\"{plotly_cdn_url()}\"><\\/script>')</script>"
+    )
+
+
 def figure_html(figure: go.Figure, name: str, static: bool) -> str:
-    """A page that draws the interactive plot with plotly.min.js beside it, and shows the
-    static NAME.png instead where that script is absent (a clone: plotly.js is not kept in
-    git) or cannot run, so a committed page never opens blank."""
+    """A page that draws the interactive plot with plotly.js (beside it, else from the CDN),
+    and shows the static NAME.png instead where neither loads (a clone read offline), so a
+    committed page never opens blank."""
     plot = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{name}", default_width="900px", default_height="650px")
     fallback = (
         f'<div id="static-{name}"><img src="{name}.png" alt="{name}" style="max-width:100%">'
-        "<p><small>Static image: the interactive plot needs plotly.min.js beside this file, which "
-        "the command that wrote this page writes (it is not kept in git).</small></p></div>"
+        "<p><small>Static image: the interactive plot needs plotly.min.js beside this file (the "
+        "command that wrote this page writes it; git does not keep it) or a connection to cdn.plot.ly.</small></p></div>"
     ) if static else ""
     swap = (
         f'<script>if (window.Plotly) {{ document.getElementById("static-{name}").remove(); }} '
@@ -323,7 +335,7 @@ def figure_html(figure: go.Figure, name: str, static: bool) -> str:
     ) if static else ""
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{name}</title>'
-        f'<script src="plotly.min.js"></script></head><body>\n{fallback}\n{plot}\n{swap}\n</body></html>\n'
+        f"{plotly_scripts()}</head><body>\n{fallback}\n{plot}\n{swap}\n</body></html>\n"
     )
 
 
