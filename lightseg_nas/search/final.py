@@ -381,7 +381,7 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
     label = {"params": "parameters", "latency": f"latency ratio to {study_file.cost.reference} ({study_file.cost.backend}, timed side by side)"}[cost]
     figure = go.Figure()
     published = by_model.model.isin(PUBLISHED)
-    for mask, name, marker in ((~published, "searched (seed mean)", dict(color="#1f77b4", size=10)), (published, "published", dict(symbol="star", size=16, color="#d62728"))):
+    for mask, name, marker in ((~published, "searched or compressed (seed mean)", dict(color="#1f77b4", size=10)), (published, "published", dict(symbol="star", size=16, color="#d62728"))):
         part = by_model[mask]
         if part.empty:
             continue
