@@ -45,9 +45,9 @@ def run_folder(runs: Path, study: str, name: str, seed_: int, epochs: int, recip
     return Path(runs) / study / f"{name}-seed{seed_}-{epochs}ep-{recipe}"
 
 
-def history_of(folder: Path, settings, config) -> tuple[list[dict], bool]:
-    """(per-epoch rows, finished) of a run folder, after checking it holds this network
-    trained with this protocol."""
+def history_of(folder: Path, settings, config) -> list[dict]:
+    """The per-epoch rows of a run folder (none yet: empty), after checking it holds this
+    network trained with this protocol."""
     from lightseg_nas.config import arch_id, config_from_dict
     from lightseg_nas.modelfile import load_record, load_state_file
     from lightseg_nas.train import NOT_PROTOCOL, protocol_differences
@@ -56,7 +56,7 @@ def history_of(folder: Path, settings, config) -> tuple[list[dict], bool]:
         differ = protocol_differences(folder / "model.pt", settings, config)
         if differ:
             raise UserError(f"{folder / 'model.pt'}: another network or protocol ({', '.join(differ)}); give another --runs")
-        return list(load_record(folder / "model.pt")["history"]), True
+        return list(load_record(folder / "model.pt")["history"])
     if (folder / "checkpoint.pt").exists():
         state = load_state_file(folder / "checkpoint.pt", "checkpoint")
         stored = config_from_dict(state.get("config") or {}, f"{folder / 'checkpoint.pt'} (config)")
@@ -64,8 +64,8 @@ def history_of(folder: Path, settings, config) -> tuple[list[dict], bool]:
         differ += [f"network {arch_id(stored)} (now {arch_id(config)})"] if arch_id(stored) != arch_id(config) else []
         if differ:
             raise UserError(f"{folder / 'checkpoint.pt'}: written with another protocol ({', '.join(differ)}); give another --runs")
-        return list(state["history"]), False
-    return [], False
+        return list(state["history"])
+    return []
 
 
 def recipe_score(model_file: Path, settings) -> float | None:
@@ -144,7 +144,7 @@ def main() -> None:
         rows, summary = [], []
         final_dir = final_folder(study_file)
         for network in args.networks:
-            history, _ = history_of(folders[network], long_settings, configs[network])
+            history = history_of(folders[network], long_settings, configs[network])
             mine = [{"network": network, "epoch": row["epoch"], "val_fg_iou": 100 * row["val_fg_iou"], "seconds": row["seconds"]} for row in history]
             committed = kept[kept.network == network].to_dict(orient="records")
             mine = committed if len(committed) > len(mine) else mine
