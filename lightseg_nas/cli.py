@@ -670,7 +670,9 @@ def final(
     table: bool = typer.Option(True, "--table/--no-table", help="Score every model file of the final folder and write results.md/.csv and plots (times latency: run it on an idle machine)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Also write the plots as PNG (needs kaleido and chromium)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (with --workers: for each worker).", show_default="the cores this process may use, shared out among workers"),
-    workers: int = typer.Option(1, "--workers", help="Worker processes training side by side, each claiming the next untrained run; another machine that sees the same --runs folder may run the same command."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes training side by side, each taking the next untrained run."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="The study's Optuna storage URL. With postgresql://..., the runs are queued in that database: the same command on other machines trains the next waiting run, and every machine's table fetches them all.", show_default="the study file's: a SQLite file beside it"),
+    study_name: Optional[str] = StudyNameOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the per-network table as JSON."),
 ):
@@ -688,7 +690,7 @@ def final(
     outcome = run_final(
         study, front, top, tuple(trial), tuple(arch), best_under_params, () if baselines == "none" else tuple(n for n in baselines.split(",") if n),
         parse_seeds(seeds), recipe, teacher, teacher_weights, runs, out, max_steps, table, png, workers, threads, progress,
-        on_run=lambda line: typer.echo(line, err=as_json),
+        on_run=lambda line: typer.echo(line, err=as_json), storage=storage, study_name=study_name,
     )
     if outcome is None:
         return

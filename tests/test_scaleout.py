@@ -1,5 +1,6 @@
 """Scale-out and crash safety with real processes and a real PostgreSQL server."""
 
+import json
 import os
 import signal
 import subprocess
@@ -166,3 +167,70 @@ def test_a_trial_that_goes_wrong_is_recorded_and_the_study_goes_on(tmp_path, mon
         "failed: FloatingPointError: loss became nan at epoch 0, step 0",
     ]
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 3
+
+
+def final_process(study, storage, machine, *extra, name="shared"):
+    """`final` on one 'machine': its own runs folder and final folder, one shared database."""
+    args = [*CLI, "final", str(study), "--storage", storage, "--study-name", name, "--baselines", "sinet", "--seeds", "0,1", "--recipe", "curve",
+            "--runs", str(machine / "runs"), "--out", str(machine / "final"), "--threads", "1", "--no-progress", "--no-png", *extra]
+    return subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def queued(storage, name):
+    return optuna.load_study(study_name=f"{name}:final", storage=storage).trials
+
+
+@pytest.mark.slow
+def test_final_runs_are_shared_by_machines_through_the_study_database(tmp_path, postgres_url):
+    study = write_study(tmp_path, fidelity="false")
+    searched = subprocess.run([*CLI, "search", str(study), "--storage", postgres_url, "--study-name", "shared", "--n-trials", "3", "--threads", "1", "--no-progress", "--no-report"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    a, b = tmp_path / "a", tmp_path / "b"
+    workers = [final_process(study, postgres_url, machine, "--front", "--top", "1", "--max-steps", "2", "--no-table") for machine in (a, b)]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    # each machine ends when the queue is empty; one still training leaves the other's folder short
+    assert all(worker.returncode in (0, 2) for worker in workers), outputs
+    trained = [line.split("training ")[1].split(" (")[0] for out, err in outputs for line in (out + err).splitlines() if "] training " in line]
+    assert len(trained) == 4 and len(set(trained)) == 4, outputs  # four runs, each trained once, by whichever machine took it
+    # either machine fetches the runs the other one trained (with or without its table)
+    fetched = final_process(study, postgres_url, a, "--front", "--top", "1", "--max-steps", "2", "--no-table")
+    assert fetched.wait(timeout=600) == 0
+    table = final_process(study, postgres_url, b, "--front", "--top", "1", "--max-steps", "2", "--json")
+    out, err = table.communicate(timeout=600)
+    assert table.returncode == 0, err[-2000:]
+    assert len(json.loads(out)["models"]) == 4 and "] training " not in err
+    assert len(list((a / "final").glob("*.pt"))) == 4
+    for kept in (a / "final").glob("*.pt"):
+        assert kept.read_bytes() == (b / "final" / kept.name).read_bytes()
+    assert sorted(t.state.name for t in queued(postgres_url, "shared")) == ["COMPLETE"] * 4
+    # another protocol under the same study name is refused in one line, nothing queued
+    refused = final_process(study, postgres_url, tmp_path / "c", "--front", "--top", "1", "--max-steps", "3", "--no-table")
+    out, err = refused.communicate(timeout=600)
+    assert refused.returncode == 2 and "queued with another network or protocol" in err and len(err.strip().splitlines()) == 1, err
+    assert len(queued(postgres_url, "shared")) == 4 and not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_final_worker_s_run_goes_back_to_the_queue(tmp_path, postgres_url):
+    study = write_study(tmp_path, fidelity="false", study_extra=FAST_HEARTBEAT)
+    searched = subprocess.run([*CLI, "search", str(study), "--storage", postgres_url, "--study-name", "killed", "--n-trials", "1", "--threads", "1", "--no-progress", "--no-report"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    a, b = tmp_path / "a", tmp_path / "b"
+    worker = final_process(study, postgres_url, a, "--max-steps", "4", "--no-table", name="killed")
+
+    def running():
+        try:
+            return [t for t in queued(postgres_url, "killed") if t.state == TrialState.RUNNING]
+        except Exception:  # the queue is still being created
+            return []
+
+    assert wait_for(lambda: running(), timeout=300, step=0.1)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate(timeout=60)
+    time.sleep(6)  # past the study's grace_s (4 s) since the killed worker's last heartbeat
+    rest = final_process(study, postgres_url, b, "--max-steps", "4", "--no-table", name="killed")
+    out, err = rest.communicate(timeout=600)
+    assert rest.returncode == 0, err[-2000:]
+    assert sorted(p.name for p in (b / "final").glob("*.pt")) == ["sinet-seed1.pt", "sinet.pt"]
+    states_now = [t.state for t in queued(postgres_url, "killed")]
+    assert states_now.count(TrialState.COMPLETE) == 2 and TrialState.FAIL in states_now and TrialState.RUNNING not in states_now

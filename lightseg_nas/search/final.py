@@ -31,7 +31,7 @@ from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.study_file import StudyFile, derived_folder
 from lightseg_nas.settings import RECIPES
 
-__all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "train_in_workers", "retrain", "parse_seeds", "run_final", "results_table", "write_results", "file_name"]
+__all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "train_in_workers", "train_one", "check_all_kept", "retrain", "parse_seeds", "run_final", "results_table", "write_results", "file_name"]
 
 PUBLISHED = ("extremec3net", "sinet")
 PARAMS_LIMIT = 37_738  # ExtremeC3Net's published parameter count
@@ -157,7 +157,6 @@ def train_runs(
     import contextlib
 
     from lightseg_nas.checks import file_lock
-    from lightseg_nas.train import train_to_file
 
     for index, run in enumerate(runs, 1):
         with contextlib.ExitStack() as held:
@@ -168,27 +167,42 @@ def train_runs(
                 except BlockingIOError:
                     on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: another worker is training it")
                     continue
-            if run.model_file.exists():  # kept earlier, its protocol checked by plan_runs
-                on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: kept in {run.model_file}, reused")
-                continue
-            if not (run.run_dir / "model.pt").exists():
-                on_run(f"[{index}/{len(runs)}] training {run.name} seed {run.seed} ({run.settings.recipe} recipe) in {run.run_dir}")
-                train_to_file(
-                    run.config, data_spec, run.run_dir, run.settings, resume=(run.run_dir / "checkpoint.pt").exists(), progress=progress,
-                    teacher_weights=teacher_weights if run.distilled else None,
-                )
-            else:
-                on_run(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: finished in {run.run_dir}, reused")
-            if run.model_file == run.run_dir / "model.pt":  # kept where it was trained (retrain)
-                continue
-            run.model_file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = run.model_file.with_suffix(f".{os.getpid()}.tmp")
-            shutil.copyfile(run.run_dir / "model.pt", temporary)
-            temporary.replace(run.model_file)
-            record_threads(run.model_file.parent, run.model_file.name, threads)
+            train_one(run, data_spec, threads, progress, teacher_weights, on_run, f"[{index}/{len(runs)}]")
 
 
-def _worker(runs, data_spec, threads, teacher_weights, number) -> None:
+def train_one(run: FinalRun, data_spec: str, threads: int, progress: bool = True, teacher_weights: Optional[Path] = None, on_run=print, label: str = "") -> bool:
+    """Train one run unless it is finished (resuming a stopped one), then keep its model file
+    in the final folder. True when it trained here."""
+    from lightseg_nas.train import train_to_file
+
+    label = f"{label} " if label else ""
+    if run.model_file.exists():  # kept earlier, its protocol checked by plan_runs
+        on_run(f"{label}{run.name} seed {run.seed}: kept in {run.model_file}, reused")
+        return False
+    trained = not (run.run_dir / "model.pt").exists()
+    if trained:
+        on_run(f"{label}training {run.name} seed {run.seed} ({run.settings.recipe} recipe) in {run.run_dir}")
+        train_to_file(
+            run.config, data_spec, run.run_dir, run.settings, resume=(run.run_dir / "checkpoint.pt").exists(), progress=progress,
+            teacher_weights=teacher_weights if run.distilled else None,
+        )
+    else:
+        on_run(f"{label}{run.name} seed {run.seed}: finished in {run.run_dir}, reused")
+    if run.model_file != run.run_dir / "model.pt":  # else kept where it was trained (retrain)
+        keep_model_file(run.run_dir / "model.pt", run.model_file, threads)
+    return trained
+
+
+def keep_model_file(source: Path, model_file: Path, threads: int) -> None:
+    """Copy a finished model file into the final folder (atomically) and record its threads."""
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = model_file.with_suffix(f".{os.getpid()}.tmp")
+    shutil.copyfile(source, temporary)
+    temporary.replace(model_file)
+    record_threads(model_file.parent, model_file.name, threads)
+
+
+def _worker(runs, data_spec, threads, teacher_weights, number, queue=None) -> None:
     """One of ``train_in_workers``'s processes: a user mistake or a stop is one line, and
     the exit code tells the parent."""
     import sys
@@ -199,8 +213,14 @@ def _worker(runs, data_spec, threads, teacher_weights, number) -> None:
 
     install_stop_handlers()
     torch.set_num_threads(threads)
+    say = lambda line: print(f"worker {number}: {line}", flush=True)  # noqa: E731
     try:
-        train_runs(runs, data_spec, threads, progress=False, teacher_weights=teacher_weights, on_run=lambda line: print(f"worker {number}: {line}", flush=True), share=True)
+        if queue is not None:
+            from lightseg_nas.search.final_queue import train_from_queue
+
+            train_from_queue(queue, runs, data_spec, threads, False, teacher_weights, say)
+        else:
+            train_runs(runs, data_spec, threads, progress=False, teacher_weights=teacher_weights, on_run=say, share=True)
     except UserError as error:
         print(f"worker {number}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -209,12 +229,14 @@ def _worker(runs, data_spec, threads, teacher_weights, number) -> None:
 
 
 def train_in_workers(
-    runs: list[FinalRun], data_spec: str, workers: int, threads: Optional[int] = None, teacher_weights: Optional[Path] = None, progress: bool = True, on_run=print
+    runs: list[FinalRun], data_spec: str, workers: int, threads: Optional[int] = None, teacher_weights: Optional[Path] = None, progress: bool = True, on_run=print,
+    queue=None,
 ) -> None:
     """``workers`` processes on this machine train the runs side by side, ``threads`` each
     (default: the cores this process may use, shared out), claiming runs as in
-    ``train_runs(share=True)``; one worker trains here, in this process. Another machine
-    that sees the same runs folder can run the same command and join in."""
+    ``train_runs(share=True)``; one worker trains here, in this process. With a ``queue``
+    (final_queue.py: a study in a server database) they take runs from it instead, as
+    workers on other machines do."""
     import multiprocessing
 
     import torch
@@ -222,11 +244,16 @@ def train_in_workers(
     from lightseg_nas.checks import usable_cores
 
     if workers == 1:
-        train_runs(runs, data_spec, threads or torch.get_num_threads(), progress, teacher_weights, on_run=on_run)
+        if queue is not None:
+            from lightseg_nas.search.final_queue import train_from_queue
+
+            train_from_queue(queue, runs, data_spec, threads or torch.get_num_threads(), progress, teacher_weights, on_run)
+        else:
+            train_runs(runs, data_spec, threads or torch.get_num_threads(), progress, teacher_weights, on_run=on_run)
         return
     threads = threads or max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(runs, data_spec, threads, teacher_weights, number)) for number in range(1, workers + 1)]
+    processes = [context.Process(target=_worker, args=(runs, data_spec, threads, teacher_weights, number, queue)) for number in range(1, workers + 1)]
     for process in processes:
         process.start()
     try:
@@ -239,9 +266,13 @@ def train_in_workers(
     failed = [number for number, process in enumerate(processes, 1) if process.exitcode != 0]
     if failed:
         raise UserError(f"final: worker(s) {', '.join(map(str, failed))} stopped before their runs finished (see their lines above); run the same command to continue")
+
+
+def check_all_kept(runs: list[FinalRun]) -> None:
+    """Every run's model file is kept; else one line naming a run still trained elsewhere."""
     missing = [run for run in runs if not run.model_file.exists()]
-    if missing:  # a run another machine's worker still holds
-        raise UserError(f"final: {len(missing)} run(s) are still being trained elsewhere ({missing[0].run_dir}); run the command again when they finish")
+    if missing:  # a run another worker (on this machine or another) still holds
+        raise UserError(f"final: {len(missing)} run(s) are still being trained elsewhere ({missing[0].name} seed {missing[0].seed}); run the command again when they finish")
 
 
 def retrain(named: list[tuple[str, object, Path]], settings, data_spec: str, workers: int = 1, threads: Optional[int] = None) -> None:
@@ -251,6 +282,7 @@ def retrain(named: list[tuple[str, object, Path]], settings, data_spec: str, wor
     Reuse checks are the caller's, before this (``scripts.check_reusable``)."""
     runs = [FinalRun(name, settings.seed, config, settings, Path(folder), Path(folder) / "model.pt") for name, config, folder in named]
     train_in_workers(runs, data_spec, workers, threads, progress=False, on_run=lambda line: print(line, flush=True))
+    check_all_kept(runs)
 
 
 def read_ledger(final_dir: Path) -> dict:
@@ -470,6 +502,7 @@ def run_final(
     baselines: tuple[str, ...], seeds: tuple[int, ...], recipe: Optional[str] = None, teacher: Optional[str] = None,
     teacher_weights: Optional[Path] = None, runs_dir: Path = Path("runs/final"), out: Optional[Path] = None, max_steps: Optional[int] = None,
     table: bool = True, png: bool = True, workers: int = 1, threads: Optional[int] = None, progress: bool = True, on_run=print,
+    storage: Optional[str] = None, study_name: Optional[str] = None,
 ):
     """The `final` job: choose, check every reuse, train (``workers`` at a time), then score
     every model file of the final folder. Returns (folder, per-file table, per-network
@@ -485,13 +518,22 @@ def run_final(
         raise FieldError("teacher_weights", f"{{0}} {teacher_weights}: no such file")
     study_file = load_study_file(study)
     folder = check_output_dir(out or final_folder(study_file))
-    result = open_study(study_file, create=False)
+    result = open_study(study_file, storage, study_name, create=False)
     names = choose_networks(result, front, top, trials, archs, best_under_params, baselines)
     names += [f"{name}-kd" for name in names] if teacher else []
     if not names and not table:
         raise FieldError(("front", "trial", "arch", "baselines"), "nothing to do: give {0}, {1} N, {2} ID or {3} NAMES, or leave the table on")
     plans = plan_runs(study_file, result, names, seeds, Path(runs_dir) / study_file.study.name, folder, recipe, max_steps, teacher)
-    train_in_workers(plans, study_file.data_spec(), workers, threads, teacher_weights, progress, on_run)
+    from lightseg_nas.search.final_queue import enqueue, fetch_finished, queue_for
+
+    queue = queue_for(study_file, storage, result.study_name)  # a server database: runs shared by every machine
+    if queue is not None:
+        enqueue(queue, plans)
+    train_in_workers(plans, study_file.data_spec(), workers, threads, teacher_weights, progress, on_run, queue)
+    if queue is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        fetch_finished(queue, folder, on_run)
+    check_all_kept(plans)
     if not table:
         return None
     frame = results_table(study_file, folder, progress)
