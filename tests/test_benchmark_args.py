@@ -42,6 +42,10 @@ CASES = [
     ("long_curves", ["--out", str(REPO / "README.md")], "--out"),
     ("long_curves", ["--runs", str(REPO / "README.md")], "--runs"),
     ("rung_agreement", [str(STUDIES / "eg1800_extremec3_supernet.toml")], "no second rung"),
+    ("protocol", [], "give at least one"),
+    ("protocol", ["resnet:final"], "resnet"),
+    ("protocol", ["sinet1:final", "sinet1:long-ish"], "unknown recipe 'long-ish'"),
+    ("protocol", ["sinet:final", "--threads", "0"], "--threads"),
 ]
 # these read the committed EG1800 studies' data: only where it is present
 WITH_DATA = [
@@ -73,3 +77,19 @@ def test_a_benchmark_refuses_in_one_line_before_any_work(name, args, expected, t
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], captured.err
     assert _committed() == before
     assert list(tmp_path.iterdir()) == [], "nothing is trained or written"
+
+
+def test_protocol_refuses_to_replace_a_committed_row_of_another_protocol(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    results = tmp_path / "results"
+    results.mkdir()
+    pd.DataFrame([{"run": "sinet1:final", "preset": "sinet1", "epochs": 15, "train_size": 224, "seed": 0, "loss": "ce", "classes": 1}]).to_csv(results / "protocol.csv", index=False)
+    before = _snapshot(results)
+    monkeypatch.setattr("sys.argv", ["protocol", "sinet1:final", "--results", str(results), "--folder", str(tmp_path / "runs")])
+    with pytest.raises(SystemExit) as stop:
+        _load("protocol").main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds another protocol (epochs)" in err[0], err
+    assert _snapshot(results) == before and not (tmp_path / "runs").exists()
