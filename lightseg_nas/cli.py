@@ -5,65 +5,23 @@ A mistake in the user's input ends with one line on stderr and exit code 2 (no t
 
 from __future__ import annotations
 
-import errno
-import functools
-import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
 
-from lightseg_nas.errors import FieldError, UserError, install_stop_handlers
+from lightseg_nas.commandline import (
+    OneLineErrors, SettingsOptions, check_int, print_json, refuse_kd_without_teacher, say, set_threads, user_errors, with_settings,
+)
+from lightseg_nas.errors import UserError, install_stop_handlers
 from lightseg_nas.progress import lines_to_stderr
 from lightseg_nas.settings import COMPILE_AUTO_STEPS, INPUT_MULTIPLE, RECIPES, CompressSettings, SupernetSettings, TrainSettings, default_text
 
-# click's UsageError, reached through typer's public BadParameter (typer vendors click)
-_USAGE_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
-
-
-class _OneLineErrors(TyperGroup):
-    """Usage errors (an unknown option, a value not among the choices) end like every other
-    user mistake: one line on stderr, exit code 2."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except _USAGE_ERROR as error:
-            if type(error).__name__ == "NoArgsIsHelpError":  # the bare command: show the help
-                typer.echo(error.format_message())
-                sys.exit(0)
-            _say(f"error: {error.format_message()}{_command_hint(error)}")
-            sys.exit(2)
-        except (typer.Abort, KeyboardInterrupt):
-            _say("interrupted")
-            sys.exit(130)
-        except typer.Exit as stop:
-            sys.exit(stop.exit_code)
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-def _say(line: str) -> None:
-    """One line on stderr, on a line of its own: progress bars still on screen (a run that
-    stopped mid-bar) are cleared first. Bars are drawn on terminals only (tqdm's
-    ``disable=None``), so logs and pipes get the line alone."""
-    from tqdm import tqdm
-
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.leave = False
-        bar.close()
-    typer.echo(line, err=True)
-
-
-def _command_hint(error) -> str:
-    context = getattr(error, "ctx", None)
-    return f" (see {context.command_path} --help)" if context is not None else ""
-
+__all__ = ["app", "main"]
 
 app = typer.Typer(
-    cls=_OneLineErrors,
+    cls=OneLineErrors,
     help="Architecture search and compression for lightweight portrait segmentation "
     "(ExtremeC3Net / SINet search spaces on EG1800).",
     no_args_is_help=True,
@@ -99,141 +57,6 @@ class Preview(str, Enum):
     replace = "replace"
 
 
-def _value(choice):
-    return None if choice is None else choice.value
-
-
-def _set_threads(threads: Optional[int]) -> None:
-    """--threads: CPU threads for this command (default: the cores this process may use)."""
-    import torch
-
-    from lightseg_nas.checks import usable_cores
-
-    if threads is not None and not 1 <= threads <= 1024:
-        raise UserError(f"--threads must be from 1 to 1024, got {threads}")
-    torch.set_num_threads(threads or usable_cores())
-
-
-def _check_int(value: Optional[int], name: str, low: int, high: int) -> None:
-    if value is not None and not low <= value <= high:
-        raise UserError(f"{name} must be from {low:,} to {high:,}, got {value:,}")
-
-
-def _flag(field: str) -> str:
-    return field if field.startswith("-") else "--" + field.replace("_", "-")
-
-
-def _in_cli_terms(error: UserError) -> str:
-    """The library names settings as fields (encoder_epochs); the command line as options."""
-    return error.render(_flag) if isinstance(error, FieldError) else str(error)
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    """PyTorch's allocators raise RuntimeError (a subclass, on CUDA) when memory runs out."""
-    text = str(error)
-    return "can't allocate memory" in text or "out of memory" in text.lower() or type(error).__name__ == "OutOfMemoryError"
-
-
-def user_errors(command):
-    """Turn UserError into 'error: ...' and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except UserError as error:
-            _say(f"error: {_in_cli_terms(error)}")
-            raise typer.Exit(2) from None
-        except RecursionError:
-            _say("error: input nested too deeply to read")
-            raise typer.Exit(2) from None
-        except ValueError as error:
-            if "integer string conversion" not in str(error):
-                raise
-            _say("error: a number with too many digits to be a setting")
-            raise typer.Exit(2) from None
-        except OSError as error:  # the environment: a full disk, a read-only or vanished folder
-            where = f"{error.filename}: " if error.filename else ""
-            reason = "no space left on the device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
-            _say(f"error: {where}{reason}; nothing half-written is kept (free the space or choose another place, then run again)")
-            raise typer.Exit(2) from None
-        except (MemoryError, RuntimeError) as error:
-            if not isinstance(error, MemoryError) and not _is_out_of_memory(error):
-                raise
-            _say("error: out of memory; nothing half-written is kept (try a smaller --size or --batch-size, or fewer --threads)")
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            _say("interrupted: nothing half-written is kept; run the same command (with --resume where it has one) to continue")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-KD_OPTIONS = ("kd_weight", "kd_temperature", "cwd_weight")
-
-
-def _refuse_kd_without_teacher(teacher, **given) -> None:
-    """Distillation options mean nothing without a teacher: refused, not silently recorded."""
-    named = [name for name in KD_OPTIONS if given.get(name) is not None]
-    if teacher is None and named:
-        raise FieldError((named[0], "teacher"), "{0} goes with {1} (there is nothing to distil from without one)")
-
-
-def _print_json(data) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-class SettingsOptions:
-    """A command parameter that stands for one ``--option`` per named field of a settings
-    model (settings.py): the flag, the type, the choices, the help and the default shown are
-    read from the field, so a setting is described once. ``help`` and ``show_default`` give
-    a command's own wording where a field means something more specific there. The command
-    receives the given values as one dict (None: not given; choices as plain strings)."""
-
-    def __init__(self, model, names, help: Optional[dict] = None, show_default: Optional[dict] = None):
-        self.model, self.names, self.help, self.show_default = model, tuple(names), help or {}, show_default or {}
-
-    def parameters(self) -> list:
-        import inspect
-        import typing
-
-        made = []
-        for name in self.names:
-            field = self.model.model_fields[name]
-            kind = next((a for a in typing.get_args(field.annotation) if a is not type(None)), field.annotation) if typing.get_origin(field.annotation) is typing.Union else field.annotation
-            if typing.get_origin(kind) is typing.Literal:
-                kind = Enum(name.title().replace("_", ""), {value: value for value in typing.get_args(kind)}, type=str)
-            flag = "--" + name.replace("_", "-")
-            declarations = (f"{flag}/--no-{name.replace('_', '-')}",) if kind is bool else (flag,)
-            shown = self.show_default.get(name, default_text(self.model, name) if field.default is not None else False)
-            option = typer.Option(None, *declarations, help=self.help.get(name, field.description), show_default=shown)
-            made.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind]))
-        return made
-
-
-def with_settings(command):
-    """Expand the command's SettingsOptions parameters into their options (for typer), and
-    hand the command each group's values as a dict."""
-    import inspect
-
-    signature = inspect.signature(command)
-    groups = {name: p.default for name, p in signature.parameters.items() if isinstance(p.default, SettingsOptions)}
-    parameters = []
-    for name, parameter in signature.parameters.items():
-        if name in groups:
-            parameters += groups[name].parameters()
-        else:
-            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-
-    @functools.wraps(command)
-    def wrapper(**given):
-        for group, options in groups.items():
-            given[group] = {field: _value(given.pop(field)) if isinstance(given.get(field), Enum) else given.pop(field) for field in options.names}
-        return command(**given)
-
-    wrapper.__signature__ = signature.replace(parameters=parameters)
-    return wrapper
-
 
 PresetOption = typer.Option(None, "--preset", help="A published network: extremec3net or sinet.")
 ConfigOption = typer.Option(None, "--config", help="A network config JSON file (as written by export).")
@@ -262,29 +85,20 @@ def measure(
     from lightseg_nas.measure import cost_report
 
     check_size(size, "--size")
-    _check_int(threads, "--threads", 1, 1024)
-    _check_int(repeats, "--repeats", 1, 100_000)
-    _check_int(seed, "--seed", 0, SEED_MAX)
+    check_int(threads, "--threads", 1, 1024)
+    check_int(repeats, "--repeats", 1, 100_000)
+    check_int(seed, "--seed", 0, SEED_MAX)
     backend = backend.value
     from lightseg_nas.presets import network_from
 
     network = network_from(preset, config, space, seed, classes)
     report = cost_report(network, size, threads, repeats, backend, None if reference == "none" else reference)
     if as_json:
-        _print_json(report)
+        print_json(report)
         return
-    typer.echo(f"network     {network.family} arch {report['arch_id']}, {report['num_classes']} class(es), {size}x{size}")
-    typer.echo(f"params      {report['params']:,}")
-    for counter, value in report["macs"].items():
-        left_out = ", ".join(report["macs_uncounted"][counter]) or "nothing"
-        typer.echo(f"MACs        {value / 1e6:9.2f}M  by {counter:<9} (uncounted: {left_out})")
-    latency = report["latency"]
-    typer.echo(
-        f"latency     {latency['median_ms']:.2f} ms median (IQR {latency['p25_ms']:.2f}-{latency['p75_ms']:.2f}), "
-        f"{backend}, {threads} thread(s), batch 1, {repeats} runs"
-    )
-    if "latency_ratio" in report:
-        typer.echo(f"            {report['latency_ratio']:.2f}x the latency of {reference} timed in the same run")
+    from lightseg_nas.measure import describe
+
+    typer.echo("\n".join(describe(report, network.family, size, backend, threads, repeats, reference)))
 
 
 SizeOption = typer.Option(None, "--size", help=f"Input height and width, a multiple of {INPUT_MULTIPLE}.", show_default="the size the model was trained at; 224 for released weights")
@@ -350,21 +164,15 @@ def train(
         network = network_from(preset, config, None, None, classes)
     given = {**settings, **distill, **speed, "teacher": teacher}
     stored_recipe = stored.pop("recipe", None)
-    _refuse_kd_without_teacher(teacher or stored.get("teacher"), **distill)
+    refuse_kd_without_teacher(teacher or stored.get("teacher"), **distill)
     settings = settings_from(recipe=recipe or stored_recipe, **{**stored, **{k: v for k, v in given.items() if v is not None}})
     data = data or stored_data or "synthetic"
-    _set_threads(threads)
+    set_threads(threads)
     record = train_to_file(network, data, out, settings, resume=resume, progress=progress, teacher_weights=teacher_weights)
-    metrics = {
-        **record["metrics"], "model": str(out / "model.pt"), "arch_id": record["arch_id"], "synthetic": record["data"]["synthetic"],
-        "images_per_s": record["images_per_s"], "train_seconds": record["train_seconds"], "teacher": record["teacher"],
-    }
-    if as_json:
-        _print_json(metrics)
-    else:
-        label = " (synthetic data)" if metrics["synthetic"] else ""
-        speed = f", {metrics['images_per_s']:.1f} training images/s" if metrics["images_per_s"] else ""
-        typer.echo(f"wrote {out / 'model.pt'}: validation fg IoU {100 * metrics.get('val_fg_iou', 0):.2f}% at {metrics['val_size']}px{label}{speed}")
+    from lightseg_nas.train import summary
+
+    metrics, line = summary(record, out / "model.pt")
+    print_json(metrics) if as_json else typer.echo(line)
 
 
 SUPERNET_SETTINGS = (
@@ -396,11 +204,11 @@ def supernet_command(
     lines_to_stderr(as_json)
 
     settings = parse_options(SupernetSettings, settings)
-    _set_threads(threads)
+    set_threads(threads)
     record = train_supernet(space, classes, data, out, settings, resume=resume, progress=progress)
     summary = {**record["metrics"], "supernet": str(out / "supernet.pt"), "space": space, "train_seconds": record["train_seconds"], "synthetic": record["data"]["synthetic"]}
     if as_json:
-        _print_json(summary)
+        print_json(summary)
     else:
         typer.echo(
             f"wrote {out / 'supernet.pt'}: validation fg IoU with inherited weights {100 * summary.get('val_largest_fg_iou', 0):.2f}% (largest) "
@@ -428,13 +236,13 @@ def eval_command(
 
     if model_file is not None and checkpoint is not None:
         raise UserError("give the model file once: MODEL or --checkpoint MODEL")
-    _set_threads(threads)
+    set_threads(threads)
     model, preprocessing, record = load_network(model_file or checkpoint, preset, weights)
     data, fraction, carve_seed = recorded_split(record, data, val_fraction, val_seed)
     size, source = (size, "--size") if size is not None else recorded_size(record)
     metrics = evaluate_network(model, preprocessing, data, split, size, fraction, carve_seed)
     if as_json:
-        _print_json({**metrics, "size_source": source})
+        print_json({**metrics, "size_source": source})
         return
     typer.echo(f"{metrics['data']}, {metrics['n_images']} images at {size}x{size} ({source})")
     typer.echo(f"fg_iou      {100 * metrics['fg_iou']:.2f}%  (foreground IoU per image, averaged: the papers' mIoU)")
@@ -459,7 +267,7 @@ def predict(
     model_file, images = (None, arguments) if preset is not None else (arguments[0], arguments[1:])
     if not images:
         raise UserError("give the images to segment after MODEL (or use --preset NAME --weights FILE IMAGE...)")
-    _set_threads(threads)
+    set_threads(threads)
     model, preprocessing, record = load_network(model_file, preset, weights)
     size, source = (size, "--size") if size is not None else recorded_size(record)
     written = predict_images(model, preprocessing, images, out, size, preview.value)
@@ -479,7 +287,7 @@ def onnx(
     from lightseg_nas.inference import load_network, recorded_size
     from lightseg_nas.onnx_export import export_onnx_checked
 
-    _set_threads(threads)
+    set_threads(threads)
     model, _, record = load_network(model_file)
     size, source = (size, "--size") if size is not None else recorded_size(record)
     difference = export_onnx_checked(model, out, size, tolerance)
@@ -514,32 +322,20 @@ def compress(
     Prints one line per step (parameters, MACs, validation fg IoU) and writes a normal model
     file whose config rebuilds the pruned network (export it, train it, eval it, onnx it).
     """
-    from lightseg_nas.compress import compress_to_file, format_row, parse_target, settings_from
+    from lightseg_nas.compress import compress_to_file, format_row, parse_target, settings_from, summary
     lines_to_stderr(as_json)
 
-    _refuse_kd_without_teacher(teacher, **distill)
+    refuse_kd_without_teacher(teacher, **distill)
     if (target_params is None) == (target_macs is None):
         raise UserError("give exactly one of --target-params N or --target-macs N")
     flag, text = ("--target-params", target_params) if target_params is not None else ("--target-macs", target_macs)
     target, percent = parse_target(text, flag)
     settings = settings_from(metric="params" if target_params is not None else "macs", target=target, target_percent=percent, **settings, **distill, **run, **speed)
-    _set_threads(threads)
+    set_threads(threads)
     on_row = (lambda row: None) if as_json else (lambda row: typer.echo(format_row(row), err=progress))
     record = compress_to_file(model_file, out, data, settings, teacher, teacher_weights, resume, progress, on_row)
-    summary = {
-        "model": str(out), "arch_id": record["arch_id"], "params": record["compress"]["steps"][-1]["params"],
-        "macs": record["compress"]["steps"][-1]["macs"], "mac_counter": record["compress"]["mac_counter"],
-        "steps": record["compress"]["steps"], "teacher": record["compress"]["teacher"], **record["metrics"],
-        "synthetic": record["data"]["synthetic"],
-    }
-    if as_json:
-        _print_json(summary)
-    else:
-        first, last = record["compress"]["steps"][0], record["compress"]["steps"][-1]
-        typer.echo(
-            f"wrote {out}: {first['params']:,} -> {last['params']:,} params, validation fg IoU "
-            f"{100 * first['val_fg_iou']:.2f}% -> {100 * last['val_fg_iou']:.2f}% at {record['metrics']['val_size']}px"
-        )
+    result, line = summary(record, out)
+    print_json(result) if as_json else typer.echo(line)
 
 
 StudyArgument = typer.Argument(Path("studies/quickstart.toml"), metavar="STUDY", help="A study file (TOML); see studies/.")
@@ -574,12 +370,12 @@ def search(
     from lightseg_nas.search import load_study_file, run_search, write_report
     from lightseg_nas.search.study_file import derived_folder
 
-    _check_int(n_trials, "--n-trials", 1, 1_000_000)
-    _check_int(workers, "--workers", 1, 256)
-    _check_int(threads, "--threads", 1, 1024)
+    check_int(n_trials, "--n-trials", 1, 1_000_000)
+    check_int(workers, "--workers", 1, 256)
+    check_int(threads, "--threads", 1, 1024)
     check_finite_number(timeout, "--timeout", minimum=0, strictly=True)
     if workers == 1:
-        _set_threads(threads)
+        set_threads(threads)
     study_file = load_study_file(study)
     folder = derived_folder(study_file, "report", study_name)
     if report:
@@ -594,7 +390,7 @@ def search(
         else:
             result = run_search(study_file, n_trials, timeout, storage, study_name, progress)
     except KeyboardInterrupt:
-        _say("interrupted: the running trial is marked failed, the study is consistent; run the same command to continue")
+        say("interrupted: the running trial is marked failed, the study is consistent; run the same command to continue")
         raise typer.Exit(130) from None
     from lightseg_nas.search.storage import redact
 
@@ -685,8 +481,8 @@ def final(
 
     lines_to_stderr(as_json)
     for value, flag, high in ((top, "--top", 10_000), (max_steps, "--max-steps", 10**9), (workers, "--workers", 256), (threads, "--threads", 1024)):
-        _check_int(value, flag, 1, high)
-    _set_threads(threads)
+        check_int(value, flag, 1, high)
+    set_threads(threads)
     outcome = run_final(
         study, front, top, tuple(trial), tuple(arch), best_under_params, () if baselines == "none" else tuple(n for n in baselines.split(",") if n),
         parse_seeds(seeds), recipe, teacher, teacher_weights, runs, out, max_steps, table, png, workers, threads, progress,
@@ -696,7 +492,7 @@ def final(
         return
     folder, frame, by_model, lines = outcome
     if as_json:
-        _print_json({"models": frame.to_dict(orient="records"), "networks": by_model.to_dict(orient="records"), "comparisons": lines})
+        print_json({"models": frame.to_dict(orient="records"), "networks": by_model.to_dict(orient="records"), "comparisons": lines})
         return
     typer.echo(f"wrote {folder / 'results.md'} ({len(frame)} model files of {len(by_model)} networks)")
     for line in lines:

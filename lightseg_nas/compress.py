@@ -31,7 +31,7 @@ from lightseg_nas.settings import CompressSettings, SpeedSettings, SplitSettings
 from lightseg_nas.speed import SPEED_FIELDS
 from lightseg_nas.train import fit, resolve_device
 
-__all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "config_path", "MAC_COUNTER"]
+__all__ = ["CompressSettings", "load_teacher", "check_target", "compress_to_file", "config_path", "MAC_COUNTER", "summary"]
 
 # The MAC counter of --target-macs and of the step table: the papers' convention.
 MAC_COUNTER = prune.MAC_COUNTER
@@ -260,3 +260,18 @@ def parse_target(text: str, flag: str) -> tuple[Optional[int], Optional[float]]:
         return int(text), None
     except ValueError:
         raise UserError(f"{flag} {text!r}: give a whole number (20000) or a percentage between 0 and 100 (50%)") from None
+
+
+def summary(record: dict, out: Path) -> tuple[dict, str]:
+    """What ``compress`` reports of a finished model file: the --json object and the line."""
+    steps = record["compress"]["steps"]
+    result = {
+        "model": str(out), "arch_id": record["arch_id"], "params": steps[-1]["params"], "macs": steps[-1]["macs"],
+        "mac_counter": record["compress"]["mac_counter"], "steps": steps, "teacher": record["compress"]["teacher"], **record["metrics"],
+        "synthetic": record["data"]["synthetic"],
+    }
+    line = (
+        f"wrote {out}: {steps[0]['params']:,} -> {steps[-1]['params']:,} params, validation fg IoU "
+        f"{100 * steps[0]['val_fg_iou']:.2f}% -> {100 * steps[-1]['val_fg_iou']:.2f}% at {record['metrics']['val_size']}px"
+    )
+    return result, line

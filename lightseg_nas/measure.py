@@ -47,3 +47,19 @@ def cost_report(
         report["latency_reference"] = {"name": reference, **latency["reference"].as_dict()}
         report["latency_ratio"] = latency["candidate"].median_ms / latency["reference"].median_ms
     return report
+
+
+def describe(report: dict, family: str, size: int, backend: str, threads: int, repeats: int, reference) -> list[str]:
+    """``measure``'s lines: parameters, MACs by counter with what each left out, latency."""
+    lines = [f"network     {family} arch {report['arch_id']}, {report['num_classes']} class(es), {size}x{size}", f"params      {report['params']:,}"]
+    for counter, value in report["macs"].items():
+        left_out = ", ".join(report["macs_uncounted"][counter]) or "nothing"
+        lines.append(f"MACs        {value / 1e6:9.2f}M  by {counter:<9} (uncounted: {left_out})")
+    latency = report["latency"]
+    lines.append(
+        f"latency     {latency['median_ms']:.2f} ms median (IQR {latency['p25_ms']:.2f}-{latency['p75_ms']:.2f}), "
+        f"{backend}, {threads} thread(s), batch 1, {repeats} runs"
+    )
+    if "latency_ratio" in report:
+        lines.append(f"            {report['latency_ratio']:.2f}x the latency of {reference} timed in the same run")
+    return lines

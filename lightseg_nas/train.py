@@ -29,7 +29,7 @@ from lightseg_nas.modelfile import make_record
 from lightseg_nas.settings import RECIPES, TrainSettings, changed_settings, parse_options
 from lightseg_nas.speed import SPEED_FIELDS, compiled, place_model, use_compile
 
-__all__ = ["TrainSettings", "settings_from", "fit", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss"]
+__all__ = ["TrainSettings", "settings_from", "fit", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss", "summary"]
 
 
 def settings_from(recipe: Optional[str] = None, **values) -> TrainSettings:
@@ -251,3 +251,14 @@ def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessin
         threads=torch.get_num_threads(),
     )
     return runs.finish(record, out_dir, "model.pt")
+
+
+def summary(record: dict, model_file: Path) -> tuple[dict, str]:
+    """What ``train`` reports of a finished model file: the --json object and the line."""
+    metrics = {
+        **record["metrics"], "model": str(model_file), "arch_id": record["arch_id"], "synthetic": record["data"]["synthetic"],
+        "images_per_s": record["images_per_s"], "train_seconds": record["train_seconds"], "teacher": record["teacher"],
+    }
+    label = " (synthetic data)" if metrics["synthetic"] else ""
+    speed = f", {metrics['images_per_s']:.1f} training images/s" if metrics["images_per_s"] else ""
+    return metrics, f"wrote {model_file}: validation fg IoU {100 * metrics.get('val_fg_iou', 0):.2f}% at {metrics['val_size']}px{label}{speed}"

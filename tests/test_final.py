@@ -110,3 +110,17 @@ def test_a_compressed_network_in_the_final_folder_is_scored_with_its_source_teac
     assert rows["sinet-c37738-kd"]["seed"] == 0  # the compression's seed, not its last fine-tuning's (seed + step)
     bar = [line for line in summary["comparisons"] if line.startswith("- sinet-c37738-kd against SINet")]
     assert len(bar) == 1 and "latency_ratio, latency_ratio_onnxruntime" in bar[0] and bar[0].endswith(("target (at most 37,738 params and SINet's latency, at least its accuracy): met.", "not met."))
+
+
+def test_a_front_without_a_searched_member_is_said_and_the_other_choices_go_ahead(tmp_path):
+    study = write_study(tmp_path, fidelity="false")
+    # one trial: the enqueued SINet alone, so the front holds no searched network
+    assert runner.invoke(app, ["search", str(study), "--n-trials", "1", "--no-progress", "--no-report"]).exit_code == 0
+    common = ["final", str(study), "--front", "--recipe", "curve", "--max-steps", "1", "--runs", str(tmp_path / "runs"), "--threads", "1", "--no-progress", "--no-table"]
+    alone = runner.invoke(app, [*common, "--baselines", "none"])
+    assert alone.exit_code == 2 and "no searched network on its full-fidelity front" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    with_baseline = runner.invoke(app, [*common, "--baselines", "sinet"])
+    assert with_baseline.exit_code == 0, with_baseline.output
+    assert "no searched network on its full-fidelity front" in with_baseline.output and "training sinet seed 0" in with_baseline.output
+    assert sorted(p.name for p in (tmp_path / "tiny-final").glob("*.pt")) == ["sinet.pt"]

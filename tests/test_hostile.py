@@ -279,7 +279,7 @@ def test_an_error_line_clears_a_progress_bar_left_on_a_terminal():
 
     from tqdm import tqdm
 
-    from lightseg_nas.cli import _say
+    from lightseg_nas.commandline import say as _say
 
     class Terminal(io.StringIO):
         def isatty(self):

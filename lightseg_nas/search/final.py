@@ -71,11 +71,15 @@ def spread(frame: pd.DataFrame, k: int) -> pd.DataFrame:
 
 def choose_networks(
     study, front: bool = False, top: Optional[int] = None, trials: tuple[int, ...] = (), archs: tuple[str, ...] = (),
-    best_under_params: Optional[int] = None, baselines: tuple[str, ...] = PUBLISHED,
+    best_under_params: Optional[int] = None, baselines: tuple[str, ...] = PUBLISHED, on_note=None,
 ) -> list[str]:
     """Names of the networks to train: front members (``top`` of them spread over the
     parameter range), given trials and arch ids, the most accurate full-fidelity trial
-    under a parameter count, and the published ``baselines``; in that order, each once."""
+    under a parameter count, and the published ``baselines``; in that order, each once.
+
+    A front with no searched member (the published networks dominate every searched one,
+    or none reached full fidelity yet) is an error when nothing else is chosen; with other
+    choices it is said through ``on_note`` and they go ahead."""
     from lightseg_nas.search.export import choose_trials
     from lightseg_nas.search.report import trials_dataframe
 
@@ -85,7 +89,10 @@ def choose_networks(
     if front:
         members = searched[searched.on_front]
         if members.empty:
-            raise UserError(f"study {study.study_name!r} has no full-fidelity trial on its front yet")
+            empty = f"study {study.study_name!r} has no searched network on its full-fidelity front yet"
+            if on_note is None or not (trials or archs or best_under_params is not None or baselines):
+                raise UserError(empty)
+            on_note(f"{empty} (the published networks dominate it, or no searched trial reached full fidelity); training the other choices")
         names += list((spread(members, top) if top else members).arch_id)
     for number in trials:
         choose_trials(study, trial=number)  # exists and finished, or one line
@@ -519,7 +526,7 @@ def run_final(
     study_file = load_study_file(study)
     folder = check_output_dir(out or final_folder(study_file))
     result = open_study(study_file, storage, study_name, create=False)
-    names = choose_networks(result, front, top, trials, archs, best_under_params, baselines)
+    names = choose_networks(result, front, top, trials, archs, best_under_params, baselines, on_run)
     names += [f"{name}-kd" for name in names] if teacher else []
     if not names and not table:
         raise FieldError(("front", "trial", "arch", "baselines"), "nothing to do: give {0}, {1} N, {2} ID or {3} NAMES, or leave the table on")
