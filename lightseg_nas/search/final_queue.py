@@ -99,7 +99,7 @@ def enqueue(queue: Queue, runs: list) -> None:
             if differ:
                 raise UserError(
                     f"{redact(queue.url)} study {queue.name!r}: run {run_key(run)} is queued with another network or protocol "
-                    f"({', '.join(differ)}); give another --study-name"
+                    f"({', '.join(differ)}); to start that queue again: optuna delete-study --study-name '{queue.name}' --storage URL"
                 )
     for run in runs:
         if not live[run_key(run)]:
