@@ -178,8 +178,8 @@ def test_a_report_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
     written = write_report(study, folder, png=False)
     assert not (folder / "stale.html").exists() and set(written) | {folder / report.REPORT_MARK} == set(folder.iterdir())
     html = (folder / "pareto_params.html").read_text()
-    # plotly.js from beside the page first (offline); the CDN only where that file is absent
-    assert html.index('src="plotly.min.js"') < html.index("window.Plotly || document.write") and (folder / "plotly.min.js").stat().st_size > 1_000_000
+    # no shared plotly.js in the folder above: a copy beside the pages, and nothing from the network
+    assert '<script src="plotly.min.js">' in html and "http" not in html.split("</head>")[0] and (folder / "plotly.min.js").stat().st_size > 1_000_000
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
     def fail(*args, **kwargs):
@@ -334,16 +334,36 @@ def test_the_readme_lists_its_commands():
     assert len(_readme_commands()) >= 20
 
 
-def test_every_committed_plot_page_draws_in_a_clone_or_shows_its_committed_png():
-    """A clone has no plotly.min.js (git does not keep it): every committed page must fall
-    back to plotly's CDN and, offline, to a PNG that is itself committed."""
-    from lightseg_nas.search.report import plotly_scripts
+def test_every_committed_plot_page_loads_only_files_a_clone_has():
+    """A committed page opened in a clone, offline, draws: every script and image it loads
+    is a tracked file (studies/plotly.min.js, its PNG), nothing comes from the network."""
+    import re
 
     tracked = set(subprocess.run(["git", "ls-files", "studies"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
     pages = sorted(p for p in tracked if p.endswith(".html"))
-    assert pages
+    assert pages and "studies/plotly.min.js" in tracked
     for page in pages:
         html = (REPO / page).read_text()
-        name = Path(page).stem
-        assert plotly_scripts() in html, page
-        assert f'<img src="{name}.png"' in html and str(Path(page).with_suffix(".png")) in tracked, page
+        sources = re.findall(r'<(?:script|img)[^>]* src="([^"]+)"', html)
+        assert sources and not any(re.match(r"[a-z]+:|//", source) for source in sources), (page, sources)
+        for source in sources:
+            target = (REPO / page).parent / source
+            assert str(target.resolve().relative_to(REPO)) in tracked, (page, source)
+        assert "document.write" not in html, page
+    from plotly.offline import get_plotlyjs
+
+    assert (REPO / "studies" / "plotly.min.js").read_text() == get_plotlyjs()  # the version the pages were drawn with
+
+
+def test_pages_use_the_folder_above_s_plotly_js_when_it_is_this_plotly_s(tmp_path):
+    from plotly.offline import get_plotlyjs
+
+    from lightseg_nas.search.report import place_plotlyjs
+
+    shared, other = tmp_path / "shared" / "a-report", tmp_path / "other" / "a-report"
+    shared.mkdir(parents=True)
+    other.mkdir(parents=True)
+    (shared.parent / "plotly.min.js").write_text(get_plotlyjs())
+    (other.parent / "plotly.min.js").write_text("/* another plotly.js version */")
+    assert place_plotlyjs(shared) == "../plotly.min.js" and not (shared / "plotly.min.js").exists()
+    assert place_plotlyjs(other) == "plotly.min.js" and (other / "plotly.min.js").read_text() == get_plotlyjs()

@@ -442,13 +442,14 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
 
 def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, png: bool = True, recipe: Optional[str] = None) -> list[Path]:
     """results.csv, results.md and the plots (HTML, and PNG where kaleido can draw)."""
-    from lightseg_nas.search.report import _png_available, figure_html, write_plotlyjs
+    from lightseg_nas.search.report import PLOTLYJS, _png_available, figure_html, place_plotlyjs
     from lightseg_nas.train import settings_from
 
     final_dir = Path(final_dir)
     by_model, lines = summary(frame)
     frame.to_csv(final_dir / "results.csv", index=False)
-    written = [final_dir / "results.csv", final_dir / write_plotlyjs(final_dir)]
+    plotlyjs = place_plotlyjs(final_dir)
+    written = [final_dir / "results.csv", *([final_dir / PLOTLYJS] if plotlyjs == PLOTLYJS else [])]
     png_note = _png_available() if png else "PNG export not asked for."
     for cost in ("params", "latency"):
         figure, name = final_figure(by_model, cost, study_file), f"final_{cost}"
@@ -458,7 +459,7 @@ def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, p
                 written.append(final_dir / f"{name}.png")
             except Exception as error:  # a browser that fails to start: keep the HTML
                 png_note = f"PNG export failed ({error.__class__.__name__})."
-        (final_dir / f"{name}.html").write_text(figure_html(figure, name, static=(final_dir / f"{name}.png").exists()))
+        (final_dir / f"{name}.html").write_text(figure_html(figure, name, (final_dir / f"{name}.png").exists(), plotlyjs))
         written.append(final_dir / f"{name}.html")
     recipe = recipe or study_file.study.final_recipe
     text = [

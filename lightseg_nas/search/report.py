@@ -307,27 +307,14 @@ class Report(list):
     note: str = ""
 
 
-def plotly_scripts() -> str:
-    """The page head's scripts: plotly.min.js from beside the page (written with it, so a
-    page works offline); where that file is absent (a clone: git does not keep it), the
-    same plotly.js version from plotly's CDN (plotly's own URL for the bundled version)."""
-    from plotly.io._utils import plotly_cdn_url
-
-    return (
-        '<script src="plotly.min.js"></script>'
-        f"<script>window.Plotly || document.write('<script src=\"{plotly_cdn_url()}\"><\\/script>')</script>"
-    )
-
-
-def figure_html(figure: go.Figure, name: str, static: bool) -> str:
-    """A page that draws the interactive plot with plotly.js (beside it, else from the CDN),
-    and shows the static NAME.png instead where neither loads (a clone read offline), so a
-    committed page never opens blank."""
+def figure_html(figure: go.Figure, name: str, static: bool, plotlyjs: str = "plotly.min.js") -> str:
+    """A page that draws the interactive plot with the plotly.js at ``plotlyjs`` (a path
+    relative to the page, from ``place_plotlyjs``), and shows the static NAME.png instead
+    where that script does not load (the page copied away alone)."""
     plot = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{name}", default_width="900px", default_height="650px")
     fallback = (
         f'<div id="static-{name}"><img src="{name}.png" alt="{name}" style="max-width:100%">'
-        "<p><small>Static image: the interactive plot needs plotly.min.js beside this file (the "
-        "command that wrote this page writes it; git does not keep it) or a connection to cdn.plot.ly.</small></p></div>"
+        f"<p><small>Static image: the interactive plot needs {plotlyjs} (relative to this page).</small></p></div>"
     ) if static else ""
     swap = (
         f'<script>if (window.Plotly) {{ document.getElementById("static-{name}").remove(); }} '
@@ -335,15 +322,24 @@ def figure_html(figure: go.Figure, name: str, static: bool) -> str:
     ) if static else ""
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{name}</title>'
-        f"{plotly_scripts()}</head><body>\n{fallback}\n{plot}\n{swap}\n</body></html>\n"
+        f'<script src="{plotlyjs}"></script></head><body>\n{fallback}\n{plot}\n{swap}\n</body></html>\n'
     )
 
 
-def write_plotlyjs(folder: Path) -> str:
-    """plotly.js once, beside the HTML pages of a folder, so they work offline (4.8 MB, so
-    git ignores it: a clone shows each page's PNG instead)."""
-    (Path(folder) / "plotly.min.js").write_text(get_plotlyjs())
-    return "plotly.min.js"
+PLOTLYJS = "plotly.min.js"
+
+
+def place_plotlyjs(folder: Path) -> str:
+    """Where the pages of ``folder`` load plotly.js from, offline: the folder above's
+    plotly.min.js when it is this plotly's bundle (the repository keeps one in studies/ for
+    every report and final folder beside the study files), else a copy written beside the
+    pages (4.8 MB). Returns the path relative to the pages."""
+    bundle = get_plotlyjs()
+    shared = Path(folder).parent / PLOTLYJS
+    if shared.is_file() and shared.stat().st_size == len(bundle.encode()) and shared.read_text() == bundle:
+        return f"../{PLOTLYJS}"
+    (Path(folder) / PLOTLYJS).write_text(bundle)
+    return PLOTLYJS
 
 
 def write_report(study: optuna.Study, out: Path, png: bool = True, study_file=None) -> Report:
@@ -366,8 +362,9 @@ def write_report(study: optuna.Study, out: Path, png: bool = True, study_file=No
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         names = []
-        if figures:
-            names.append(write_plotlyjs(staging))
+        plotlyjs = place_plotlyjs(staging) if figures else PLOTLYJS
+        if plotlyjs == PLOTLYJS and figures:
+            names.append(PLOTLYJS)
         for name, figure in figures.items():
             if not png_note:
                 try:
@@ -375,7 +372,7 @@ def write_report(study: optuna.Study, out: Path, png: bool = True, study_file=No
                     names.append(f"{name}.png")
                 except Exception as error:  # a browser that fails to start: keep the HTML, say why
                     png_note = f"PNG export failed ({error.__class__.__name__}: {str(error)[:120]}); the HTML files are complete."
-            (staging / f"{name}.html").write_text(figure_html(figure, name, static=(staging / f"{name}.png").exists()))
+            (staging / f"{name}.html").write_text(figure_html(figure, name, (staging / f"{name}.png").exists(), plotlyjs))
             names.append(f"{name}.html")
         correlations = proxy_correlations(frame)
         frame.to_csv(staging / "trials.csv", index=False)
