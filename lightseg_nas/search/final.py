@@ -177,17 +177,16 @@ def train_runs(
             train_one(run, data_spec, threads, progress, teacher_weights, on_run, f"[{index}/{len(runs)}]")
 
 
-def train_one(run: FinalRun, data_spec: str, threads: int, progress: bool = True, teacher_weights: Optional[Path] = None, on_run=print, label: str = "") -> bool:
+def train_one(run: FinalRun, data_spec: str, threads: int, progress: bool = True, teacher_weights: Optional[Path] = None, on_run=print, label: str = "") -> None:
     """Train one run unless it is finished (resuming a stopped one), then keep its model file
-    in the final folder. True when it trained here."""
+    in the final folder."""
     from lightseg_nas.train import train_to_file
 
     label = f"{label} " if label else ""
     if run.model_file.exists():  # kept earlier, its protocol checked by plan_runs
         on_run(f"{label}{run.name} seed {run.seed}: kept in {run.model_file}, reused")
-        return False
-    trained = not (run.run_dir / "model.pt").exists()
-    if trained:
+        return
+    if not (run.run_dir / "model.pt").exists():
         on_run(f"{label}training {run.name} seed {run.seed} ({run.settings.recipe} recipe) in {run.run_dir}")
         train_to_file(
             run.config, data_spec, run.run_dir, run.settings, resume=(run.run_dir / "checkpoint.pt").exists(), progress=progress,
@@ -197,7 +196,6 @@ def train_one(run: FinalRun, data_spec: str, threads: int, progress: bool = True
         on_run(f"{label}{run.name} seed {run.seed}: finished in {run.run_dir}, reused")
     if run.model_file != run.run_dir / "model.pt":  # else kept where it was trained (retrain)
         keep_model_file(run.run_dir / "model.pt", run.model_file, threads)
-    return trained
 
 
 def keep_model_file(source: Path, model_file: Path, threads: int) -> None:
@@ -207,6 +205,17 @@ def keep_model_file(source: Path, model_file: Path, threads: int) -> None:
     shutil.copyfile(source, temporary)
     temporary.replace(model_file)
     record_threads(model_file.parent, model_file.name, threads)
+
+
+def _train_here(runs, data_spec, threads, progress, teacher_weights, on_run, queue, share: bool) -> None:
+    """This process's share of the runs: taken from the queue (a server database), else
+    claimed by lock files (``share``) or all of them."""
+    if queue is not None:
+        from lightseg_nas.search.final_queue import train_from_queue
+
+        train_from_queue(queue, runs, data_spec, threads, progress, teacher_weights, on_run)
+    else:
+        train_runs(runs, data_spec, threads, progress, teacher_weights, on_run, share)
 
 
 def _worker(runs, data_spec, threads, teacher_weights, number, queue=None) -> None:
@@ -220,14 +229,8 @@ def _worker(runs, data_spec, threads, teacher_weights, number, queue=None) -> No
 
     install_stop_handlers()
     torch.set_num_threads(threads)
-    say = lambda line: print(f"worker {number}: {line}", flush=True)  # noqa: E731
     try:
-        if queue is not None:
-            from lightseg_nas.search.final_queue import train_from_queue
-
-            train_from_queue(queue, runs, data_spec, threads, False, teacher_weights, say)
-        else:
-            train_runs(runs, data_spec, threads, progress=False, teacher_weights=teacher_weights, on_run=say, share=True)
+        _train_here(runs, data_spec, threads, False, teacher_weights, lambda line: print(f"worker {number}: {line}", flush=True), queue, share=True)
     except UserError as error:
         print(f"worker {number}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -251,12 +254,7 @@ def train_in_workers(
     from lightseg_nas.checks import usable_cores
 
     if workers == 1:
-        if queue is not None:
-            from lightseg_nas.search.final_queue import train_from_queue
-
-            train_from_queue(queue, runs, data_spec, threads or torch.get_num_threads(), progress, teacher_weights, on_run)
-        else:
-            train_runs(runs, data_spec, threads or torch.get_num_threads(), progress, teacher_weights, on_run=on_run)
+        _train_here(runs, data_spec, threads or torch.get_num_threads(), progress, teacher_weights, on_run, queue, share=False)
         return
     threads = threads or max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")

@@ -397,7 +397,7 @@ def write_report(study: optuna.Study, out: Path, png: bool = True, study_file=No
 # Written into every report folder: only a folder that holds it (or, from before the mark,
 # only report files) is ever replaced by a new report.
 REPORT_MARK = ".lightseg-nas-report"
-_REPORT_FILES = {"summary.md", "trials.csv", "hypervolume.csv", "front.json", "plotly.min.js", REPORT_MARK}
+_REPORT_FILES = {"summary.md", "trials.csv", "hypervolume.csv", "front.json", PLOTLYJS, REPORT_MARK}
 _REPORT_SUFFIXES = (".html", ".png", ".svg")
 
 
