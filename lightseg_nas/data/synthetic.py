@@ -10,6 +10,8 @@ model's score here means something; it is still synthetic and is labelled so eve
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image, ImageFilter
 
@@ -30,22 +32,25 @@ def _rectangle(xx, yy, cx, cy, half_w, half_h, angle=0.0):
     return (np.abs(dx * c + dy * s) <= half_w) & (np.abs(-dx * s + dy * c) <= half_h)
 
 
-def _texture(rng, xx, yy, colour):
-    """A colour field: flat, stripes, checks or smooth noise around ``colour``."""
+def _texture(rng, xx, yy, colour, where):
+    """A colour field around ``colour`` (flat, stripes, checks or smooth noise), at the
+    pixels ``where`` selects: (n, 3) float32. Only those pixels are computed; each value is
+    what the whole field has there."""
     kind = rng.integers(4)
     other = np.clip(colour + rng.normal(0, 60, 3), 0, 255)
     if kind == 0:
-        return np.broadcast_to(colour, xx.shape + (3,)).astype(np.float32)
+        return np.broadcast_to(colour, (int(where.sum()), 3)).astype(np.float32)
+    x, y = xx[where], yy[where]
     if kind == 1:
         freq, angle = rng.uniform(8, 40), rng.uniform(0, np.pi)
-        t = (np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * freq) > 0)[..., None]
+        t = (np.sin((x * np.cos(angle) + y * np.sin(angle)) * freq) > 0)[..., None]
     elif kind == 2:
         freq = rng.uniform(6, 20)
-        t = ((np.floor(xx * freq) + np.floor(yy * freq)) % 2 == 0)[..., None]
+        t = ((np.floor(x * freq) + np.floor(y * freq)) % 2 == 0)[..., None]
     else:
         low = rng.uniform(0, 1, (6, 6)).astype(np.float32)
         size = xx.shape[0]
-        t = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC))[..., None] / 255.0
+        t = (np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC))[..., None] / 255.0)[where]
     return (colour * (1 - t) + other * t).astype(np.float32)
 
 
@@ -63,7 +68,7 @@ def _background(rng, xx, yy):
         w, h = rng.uniform(0.03, 0.35, 2)
         angle = rng.uniform(0, np.pi)
         shape = _ellipse(xx, yy, cx, cy, w, h, angle) if rng.random() < 0.5 else _rectangle(xx, yy, cx, cy, w, h, angle)
-        image[shape] = _texture(rng, xx, yy, colour)[shape]
+        image[shape] = _texture(rng, xx, yy, colour, shape)
     return image
 
 
@@ -99,7 +104,7 @@ def _person(rng, xx, yy, image):
     if style == 3:
         hair |= _ellipse(xx, yy, cx - np.sin(tilt) * head_ry * 1.1, cy - np.cos(tilt) * head_ry * 1.05, head_rx * 0.5, head_rx * 0.45)
 
-    image[body] = _texture(rng, xx, yy, rng.uniform(0, 255, 3))[body]
+    image[body] = _texture(rng, xx, yy, rng.uniform(0, 255, 3), body)
     image[neck] = skin * 0.85
     shade = 1.0 + 0.35 * ((xx - cx) * np.cos(rng.uniform(0, 2 * np.pi)))[..., None]
     face = np.clip(skin * shade, 0, 255)
@@ -111,7 +116,7 @@ def _person(rng, xx, yy, image):
         py = cy + (ex * head_rx) * s + (ey * head_ry) * c
         image[_ellipse(xx, yy, px, py, rx * head_rx, ry * head_ry, tilt)] = skin * rng.uniform(0.2, 0.5)
     if hair.any():
-        image[hair] = _texture(rng, xx, yy, hair_colour)[hair]
+        image[hair] = _texture(rng, xx, yy, hair_colour, hair)
     return head | hair | neck | body
 
 
@@ -135,9 +140,21 @@ def synthetic_portrait(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 
-def synthetic_split(split: str, count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Disjoint seeds per split: ``val`` and ``test`` never share an image with ``train``."""
+@functools.lru_cache(maxsize=4)
+def _drawn_split(split: str, count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     offset = SPLIT_OFFSETS[split] + seed * 10_000_000
     pairs = [synthetic_portrait(offset + index, size) for index in range(count)]
+    images, masks = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    images.flags.writeable = masks.flags.writeable = False
+    return images, masks
+
+
+def synthetic_split(split: str, count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Disjoint seeds per split: ``val`` and ``test`` never share an image with ``train``.
+
+    The arrays are fresh copies; the drawing is done once per process for the last few
+    (split, count, size, seed) asked for (a ``final`` table scores many model files on
+    one split)."""
+    images, masks = _drawn_split(split, count, size, seed)
     names = [f"synthetic-{split}-{index:05d}" for index in range(count)]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), names
+    return images.copy(), masks.copy(), names
