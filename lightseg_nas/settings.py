@@ -165,6 +165,13 @@ RECIPES: dict[str, dict] = {
     # ExtremeC3Net 1.1 points above training at 160 for 30 epochs; still short of convergence
     # (epochs 15 to 30 gained another point), but about 1 CPU-hour per ExtremeC3Net here
     "final": {"epochs": 30, "size": 224},
+    # near convergence, with the one piece of the official recipe that paid at 30 epochs:
+    # SINet's final recipe stretched to 100 epochs gained 0.35 points and was flat from
+    # epoch 80; the boundary-band Lovász term (weight 0.5) gained 0.24 at 30 epochs (one
+    # seed each, benchmarks/results/long_curves_*.md and protocol.md). The official affine
+    # warp (-2.70) and encoder-first epochs (-0.58) did not pay and are left out. The two
+    # together are not yet measured; about 7x the final recipe's CPU time.
+    "long": {"epochs": 100, "size": 224, "edge_weight": 0.5},
 }
 
 
