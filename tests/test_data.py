@@ -121,9 +121,10 @@ def test_the_embedded_dataset_is_the_one_committed_results_were_measured_on():
 
 
 def test_a_drawn_split_is_kept_but_every_caller_gets_its_own_arrays():
-    from lightseg_nas.data.synthetic import synthetic_split
+    from lightseg_nas.data.synthetic import _drawn_split, synthetic_split
 
     first = load_split("synthetic:count=8,seed=5", "train", 32)
+    hits = _drawn_split.cache_info().hits
     first.images.zero_()
     first.masks.fill_(1)
     images, masks, _ = synthetic_split("train", 8, 32, 5)
@@ -131,6 +132,7 @@ def test_a_drawn_split_is_kept_but_every_caller_gets_its_own_arrays():
     again = load_split("synthetic:count=8,seed=5", "train", 32)
     assert again.images.float().std() > 10 and 0 < again.masks.float().mean() < 1
     assert torch.equal(again.images, load_split("synthetic:count=8,seed=5", "train", 32).images)
+    assert _drawn_split.cache_info().hits == hits + 3  # drawn once, then kept
 
 
 def test_synthetic_splits_are_disjoint_and_labelled():
