@@ -34,6 +34,13 @@ def test_final_trains_two_networks_for_two_seeds_and_reuses_them(tmp_path):
     # the same command again: every network reused, nothing trained
     again = runner.invoke(app, [*args, "--no-table"])
     assert again.exit_code == 0 and "training" not in again.stderr + again.stdout and again.output.count("reused") == 4
+    # a table rewritten without images drops the images of the older table (no stale PNG beside new figures)
+    for name in ("final_params", "final_latency"):
+        (folder / f"{name}.png").write_bytes(b"an image of an older table")
+    redone = runner.invoke(app, args)
+    assert redone.exit_code == 0 and redone.output.count("reused") == 4, redone.output
+    assert not list(folder.glob("*.png"))
+    assert all(f"{name}.png" not in (folder / f"{name}.html").read_text() for name in ("final_params", "final_latency"))
     # another protocol is refused before any work, and nothing changes
     before = _snapshot(tmp_path)
     changed = list(args)

@@ -457,6 +457,8 @@ def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, p
                 written.append(final_dir / f"{name}.png")
             except Exception as error:  # a browser that fails to start: keep the HTML
                 png_note = f"PNG export failed ({error.__class__.__name__})."
+        if final_dir / f"{name}.png" not in written:  # never leave an image of an older table beside this one
+            (final_dir / f"{name}.png").unlink(missing_ok=True)
         (final_dir / f"{name}.html").write_text(figure_html(figure, name, (final_dir / f"{name}.png").exists(), plotlyjs))
         written.append(final_dir / f"{name}.html")
     recipe = recipe or study_file.study.final_recipe
