@@ -430,7 +430,7 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
         ))
     synthetic = " (synthetic data)" if study_file.data.spec.startswith("synthetic") else ""
     figure.update_layout(
-        title=f"final models of {study_file.study.name}: validation fg IoU at 224 against {label}{synthetic}", xaxis_title=label,
+        title=f"final models of {study_file.study.name}{synthetic}:<br>validation fg IoU at 224 against {label}", xaxis_title=label,
         yaxis_title="validation foreground IoU at 224 (%), seed mean and range", template="plotly_white",
     )
     if cost == "params":
