@@ -23,6 +23,21 @@ def test_the_band_is_the_pixels_near_the_boundary():
     assert not boundary_band(torch.zeros(1, 16, 16, dtype=torch.uint8), 5).any()  # no foreground, no band
 
 
+def test_the_band_is_dilation_minus_erosion_on_any_mask_size_and_width():
+    """The window sums give the morphological band itself (max pools, padding outside the image
+    ignored), at image borders and for all-foreground or all-background masks too."""
+    generator = torch.Generator().manual_seed(0)
+    for case in range(150):
+        n, height, width = 1 + case % 3, *(int(x) for x in torch.randint(3, 60, (2,), generator=generator))
+        kernel = 2 * int(torch.randint(0, 12, (1,), generator=generator)) + 1
+        masks = (torch.rand(n, height, width, generator=generator) < torch.rand(1, generator=generator)).to(torch.uint8)
+        if case % 5 == 0:
+            masks[:] = case % 2
+        m, pad = masks[:, None].float(), kernel // 2
+        morphological = (torch.nn.functional.max_pool2d(m, kernel, 1, pad) + torch.nn.functional.max_pool2d(1 - m, kernel, 1, pad) - 1)[:, 0] > 0
+        assert torch.equal(boundary_band(masks, kernel), morphological), (case, n, height, width, kernel)
+
+
 def test_the_band_term_is_zero_for_a_confident_right_answer_and_has_a_gradient():
     mask = square_mask()
     right = (mask.float() * 2 - 1)[:, None] * 10
