@@ -199,3 +199,25 @@ def test_long_curves_ranking_compares_only_finished_networks_with_a_recipe_score
     table.loc[1, "val_fg_iou_recipe"] = 93.0
     assert "the same order" in curves.ranking_line(table, "final", 100)
     assert "not yet comparable (1 of 3" in curves.ranking_line(table.assign(val_fg_iou_recipe=[94.3, None, None]), "final", 100)
+
+
+def test_edge_term_cost_times_three_forms_and_keeps_its_protocol(tmp_path, monkeypatch, capsys):
+    import sys
+
+    bench = _load("edge_term_cost")
+    out = tmp_path / "results"
+    for bad, said in ((["--steps", "0"], "--steps"), (["--network", "resnet"], "--network")):
+        monkeypatch.setattr(sys, "argv", ["edge_term_cost.py", *bad, "--out", str(out)])
+        with pytest.raises(SystemExit) as stop:
+            bench.main()
+        assert stop.value.code == 2 and said in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr(sys, "argv", ["edge_term_cost.py", "--size", "32", "--batch-size", "2", "--steps", "1", "--out", str(out)])
+    bench.main()
+    table = (out / "edge_term_cost.md").read_text()
+    assert "2-D max pools" in table and "window sums" in table and "| ce | " in table
+    import lightseg_nas.losses as losses
+    assert losses.boundary_band is not bench.max_pool_band  # the trainer's band is put back
+    monkeypatch.setattr(sys, "argv", ["edge_term_cost.py", "--size", "64", "--batch-size", "2", "--steps", "1", "--out", str(out)])
+    with pytest.raises(SystemExit) as stop:  # another protocol: refused, the results kept
+        bench.main()
+    assert stop.value.code == 2 and (out / "edge_term_cost.md").read_text() == table
