@@ -331,8 +331,8 @@ PLOTLYJS = "plotly.min.js"
 
 def place_plotlyjs(folder: Path) -> str:
     """Where the pages of ``folder`` load plotly.js from, offline: the folder above's
-    plotly.min.js when it is this plotly's bundle (one in studies/ serves every report and
-    final folder beside the study files; git keeps none), else a copy written beside the
+    plotly.min.js when it is this plotly's bundle (the one git keeps in studies/ serves every
+    report and final folder beside the study files), else a copy written beside the
     pages (4.8 MB). Returns the path relative to the pages."""
     bundle = get_plotlyjs()
     shared = Path(folder).parent / PLOTLYJS
