@@ -13,6 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from lightseg_nas.search import load_study_file, run_search
+from lightseg_nas.search.final_queue import RUN_ATTR
 from tests.test_search import SLOW_RUNGS, write_study
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -206,12 +207,18 @@ def test_final_runs_are_shared_by_machines_through_the_study_database(tmp_path, 
     assert len(list((a / "final").glob("*.pt"))) == 4
     for kept in (a / "final").glob("*.pt"):
         assert kept.read_bytes() == (b / "final" / kept.name).read_bytes()
-    assert sorted(t.state.name for t in queued(postgres_url, "shared")) == ["COMPLETE"] * 4
+    # one finished trial per run; two machines queueing at the same moment may each have queued
+    # a run, and then the later trial is failed as a duplicate without training
+    trials = queued(postgres_url, "shared")
+    finished = [t.user_attrs[RUN_ATTR] for t in trials if t.state.name == "COMPLETE"]
+    assert len(finished) == 4 and len(set(finished)) == 4, [(t.state.name, t.user_attrs) for t in trials]
+    assert all(t.user_attrs.get("reason", "").startswith("duplicate of trial ") and t.user_attrs[RUN_ATTR] in finished
+               for t in trials if t.state.name != "COMPLETE"), [(t.state.name, t.user_attrs.get("reason")) for t in trials]
     # another protocol under the same study name is refused in one line, nothing queued
     refused = final_process(study, postgres_url, tmp_path / "c", "--front", "--top", "1", "--max-steps", "3", "--no-table")
     out, err = refused.communicate(timeout=600)
     assert refused.returncode == 2 and "queued with another network or protocol" in err and len(err.strip().splitlines()) == 1, err
-    assert len(queued(postgres_url, "shared")) == 4 and not (tmp_path / "c").exists()
+    assert len(queued(postgres_url, "shared")) == len(trials) and not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow
