@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from lightseg_nas.search import load_study_file, run_search
 from lightseg_nas.search.final_queue import RUN_ATTR
+from lightseg_nas.search.storage import make_storage
 from tests.test_search import SLOW_RUNGS, write_study
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -28,8 +29,14 @@ def search_process(study, storage, name, n_trials, *extra, background=False):
     return subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
 
 
+def opened(storage):
+    """The storage as the project opens it: a new SQLite file's tables are created under its
+    lock, so a test polling while a worker starts cannot race the worker's table creation."""
+    return make_storage(storage)
+
+
 def states(storage, name):
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = optuna.load_study(study_name=name, storage=opened(storage))
     return study, [t.state for t in study.trials]
 
 
@@ -44,8 +51,8 @@ def wait_for(condition, timeout=120, step=0.2):
 
 def running_trials(storage, name):
     try:
-        return [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state == TrialState.RUNNING and "seed" in t.user_attrs]
-    except Exception:  # the study (or, in SQLite, its tables) is still being created by the worker
+        return [t for t in optuna.load_study(study_name=name, storage=opened(storage)).trials if t.state == TrialState.RUNNING and "seed" in t.user_attrs]
+    except Exception:  # the study is still being created by the worker, or the file is busy
         return []
 
 
@@ -182,7 +189,7 @@ def final_process(study, storage, machine, *extra, name="shared"):
 
 
 def queued(storage, name):
-    return optuna.load_study(study_name=f"{name}:final", storage=storage).trials
+    return optuna.load_study(study_name=f"{name}:final", storage=opened(storage)).trials
 
 
 @pytest.mark.slow
