@@ -36,6 +36,7 @@ from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.modelfile import load_record
 from lightseg_nas.presets import get_preset
 from lightseg_nas.train import settings_from, train_to_file
+from lightseg_nas.speed import use_threads
 
 REPO = Path(__file__).resolve().parents[1]
 EG1800 = REPO.parent / "shared" / "data" / "eg1800"
@@ -79,7 +80,7 @@ def main() -> None:
         print(f"skipped: EG1800 not found at {args.data[7:]}")
         return
     if args.threads:
-        torch.set_num_threads(args.threads)
+        use_threads(args.threads)
     progress = sys.stderr.isatty()
     args.runs.mkdir(parents=True, exist_ok=True)
 

@@ -29,6 +29,7 @@ import lightseg_nas.losses as losses
 from lightseg_nas.families import build_model
 from lightseg_nas.presets import get_preset, list_presets
 from lightseg_nas.scripts import Parser, count, guard_results, record_protocol
+from lightseg_nas.speed import use_threads
 
 NAME = "edge_term_cost"
 
@@ -52,7 +53,7 @@ def main() -> None:
                 "threads": args.threads, "torch": torch.__version__}
     guard_results(args.out, NAME, protocol)
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(get_preset(args.network)).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)

@@ -45,7 +45,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import torch
 from scipy.stats import kendalltau, spearmanr
 
 from lightseg_nas.config import arch_id, config_from_dict
@@ -58,6 +57,7 @@ from lightseg_nas.search.record import TrialRecord, rung_key
 from lightseg_nas.search.report import trials_dataframe
 from lightseg_nas.scripts import Parser, add_retraining_protocol, check_reusable, count, existing_file, fail, guard_results, record_protocol, shard
 from lightseg_nas.train import settings_from
+from lightseg_nas.speed import use_threads
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
@@ -123,7 +123,7 @@ def main() -> None:
     args.protocol = protocol
     if args.shard is None:
         guard_results(args.out, "fidelity_audit", protocol)
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     study = open_study(study_file, create=False)
     table = trials_dataframe(study)
     chosen = choose(table, args.count)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 
 from lightseg_nas.errors import DatasetMissing, UserError
 from lightseg_nas.scripts import Parser, count, existing_file, fail, seed
@@ -45,6 +44,7 @@ from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.final import (  # noqa: F401  (re-exported: the tests read them here)
     NAME_PATTERN, PUBLISHED, file_name, final_folder, plan_runs, read_ledger, record_threads, results_table, summary, train_runs, write_results,
 )
+from lightseg_nas.speed import use_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def main() -> None:
         fail(f"{args.study}: names no final_recipe")
     if any(parse_name(name)[1] for name in args.train) and not Path(args.teacher_weights).is_file():
         fail(f"--teacher-weights {args.teacher_weights}: no such file (the released SINet weights, needed by the -kd names; not kept in git)")
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     final_dir = args.final_dir or final_folder(study_file)
     if args.train:
         try:  # every name and every file it would replace, before any training

@@ -35,6 +35,7 @@ from lightseg_nas.scripts import Parser, count, existing_file, fail, guard_resul
 from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.final import NAME_PATTERN, _config_for, file_name, final_folder
 from lightseg_nas.settings import RECIPES, changed_settings
+from lightseg_nas.speed import use_threads
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
@@ -132,7 +133,7 @@ def main() -> None:
         for network in args.networks:  # every folder checked before any training
             history_of(folders[network], long_settings, configs[network])
         if args.train:
-            torch.set_num_threads(args.threads)
+            use_threads(args.threads)
             for network in args.networks:
                 if not (folders[network] / "model.pt").exists():
                     print(f"training {network} for {args.epochs} epochs ({folders[network]})", flush=True)

@@ -37,6 +37,7 @@ from lightseg_nas.inference import evaluate_network, load_network
 from lightseg_nas.presets import get_preset
 from lightseg_nas.scripts import Parser, count, fail
 from lightseg_nas.train import protocol_differences, settings_from, train_to_file
+from lightseg_nas.speed import use_threads
 
 REPO = Path(__file__).resolve().parents[1]
 EG1800 = REPO.parent / "shared" / "data" / "eg1800"
@@ -194,7 +195,7 @@ def main() -> None:
         print(f"skipped: EG1800 not found at {args.data[7:]}")
         return
     if args.threads:
-        torch.set_num_threads(args.threads)
+        use_threads(args.threads)
     for name in args.runs:
         row = run(name, args.data, args.folder, torch.get_num_threads())
         write([row], args.results)

@@ -48,6 +48,7 @@ from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.report import trials_dataframe
 from lightseg_nas.scripts import Parser, add_retraining_protocol, check_reusable, count, existing_file, fail, guard_results, record_protocol, shard
 from lightseg_nas.train import settings_from
+from lightseg_nas.speed import use_threads
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
@@ -120,7 +121,7 @@ def main() -> None:
     }
     if args.shard is None:
         guard_results(args.out, "search_comparison", args.protocol)
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
 
     arms, jobs = {}, []
     for arm, path in (("rungs", args.rung_study), ("supernet", args.supernet_study)):

@@ -30,6 +30,7 @@ from lightseg_nas.losses import segmentation_loss
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.presets import get_preset
 from lightseg_nas.supernet import build_supernet, recalibrate, subnet
+from lightseg_nas.speed import use_threads
 
 OUT = Path(__file__).parent / "results"
 
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=134, help="EG1800's validation split has 134")
     parser.add_argument("--recalibration-images", type=int, default=256)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     preprocessing = get_preprocessing("default")
     data = load_split(f"synthetic:count={max(args.batch_size, args.recalibration_images, args.val_images)}", "train", args.size)
     x = normalize(data.images[: args.batch_size], preprocessing)

@@ -56,6 +56,7 @@ from lightseg_nas.families import build_model  # noqa: E402
 from lightseg_nas.presets import get_preset  # noqa: E402
 from lightseg_nas.speed import compiled, place_input, place_model  # noqa: E402
 from lightseg_nas.train import fit, images_per_s, segmentation_loss, settings_from  # noqa: E402
+from lightseg_nas.speed import use_threads
 
 REPO = Path(__file__).resolve().parents[1]
 EG1800 = REPO.parent / "shared" / "data" / "eg1800"
@@ -160,12 +161,12 @@ def main() -> None:
     parser.add_argument("--trainer-steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     trainer_csv = args.out / "throughput_trainer.csv"
     if not trainer_csv.exists():
         args.out.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(trainer_rates(args.trainer_steps)).to_csv(trainer_csv, index=False)
-        torch.set_num_threads(args.threads)
+        use_threads(args.threads)
     csv = args.out / "throughput.csv"
     done = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
     rows = done.to_dict("records")
@@ -176,9 +177,9 @@ def main() -> None:
                 continue
             paths = list(TRAIN_PATHS) if "/" not in name or args.compile_samples else ["eager", "channels_last"]
             rates = train_rates(config, size, paths, args.steps, args.rounds)
-            torch.set_num_threads(args.threads)
+            use_threads(args.threads)
             lat = latencies(config, size, args.latency_threads, args.latency_repeats)
-            torch.set_num_threads(args.threads)
+            use_threads(args.threads)
             row = {"network": name, "size": size, "params": count_params(build_model(config))}
             for path in TRAIN_PATHS:
                 rate, first = rates.get(path, (float("nan"), float("nan")))

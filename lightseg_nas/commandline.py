@@ -66,13 +66,12 @@ def value(choice):
 
 def set_threads(threads: Optional[int]) -> None:
     """--threads: CPU threads for this command (default: the cores this process may use)."""
-    import torch
-
     from lightseg_nas.checks import usable_cores
+    from lightseg_nas.speed import use_threads
 
     if threads is not None and not 1 <= threads <= 1024:
         raise UserError(f"--threads must be from 1 to 1024, got {threads}")
-    torch.set_num_threads(threads or usable_cores())
+    use_threads(threads or usable_cores())
 
 
 def check_int(value: Optional[int], name: str, low: int, high: int) -> None:

@@ -1,4 +1,5 @@
-"""How a network runs fast on CPUs: memory format and torch.compile, in one place.
+"""How a network runs fast on CPUs: denormal floats, memory format and torch.compile, in
+one place.
 
 Training, validation, compression and search trials all go through ``fit`` and
 ``evaluate``, which take their path from here. ``benchmarks/throughput.py`` measures every
@@ -14,10 +15,19 @@ are what it found fastest on 2 CPU cores:
   ``COMPILE_AUTO_STEPS`` steps on a CPU with a C++ compiler (Inductor needs one). Search
   trials and compression steps are far shorter and stay eager; ``train`` with its default
   30 epochs on EG1800 (2,280 steps at batch 16) compiles.
+- ``flush_denormals``: denormal floats (below 1.2e-38) read and written as zero (the CPU's
+  flush-to-zero / denormals-are-zero modes). Trained weights can drive activations and
+  gradients into that range, where x86 arithmetic is many times slower: the released SINet
+  and ExtremeC3Net weights evaluate 3.4x and 2.8x faster (NCHW) on EG1800 with it
+  (``benchmarks/results/denormals.md``). The mode belongs to each CPU thread and a thread
+  inherits it when it is created, so ``use_threads`` sets it before torch's thread pool
+  grows; ``fit`` and ``evaluate`` set it again in the calling thread. On by default,
+  everywhere the package computes.
 
-Neither changes what is computed, only the order of floating-point operations: results
-agree with eager NCHW within float tolerance, not bit for bit. A run repeated (or resumed)
-on the same path is bit-identical on the CPU.
+Memory format and compiling change only the order of floating-point operations, and
+flushing changes only values below 1.2e-38: results agree with eager NCHW within float
+tolerance, not bit for bit. A run repeated (or resumed) on the same path is bit-identical
+on the CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import torch
 from lightseg_nas.errors import FieldError
 from lightseg_nas.settings import COMPILE_AUTO_STEPS, SpeedSettings
 
-__all__ = ["memory_format", "place_model", "place_input", "compiled", "use_compile", "COMPILE_AUTO_STEPS", "SpeedSettings", "SPEED_FIELDS"]
+__all__ = ["flush_denormals", "use_threads", "memory_format", "place_model", "place_input", "compiled", "use_compile", "COMPILE_AUTO_STEPS", "SpeedSettings", "SPEED_FIELDS"]
 
 # COMPILE_AUTO_STEPS (lightseg_nas/settings.py): runs of at least that many training steps
 # compile in automatic mode. Measured break-even (benchmarks/results/throughput.md, trainer
@@ -39,6 +49,18 @@ __all__ = ["memory_format", "place_model", "place_input", "compiled", "use_compi
 
 # A resume may change these (they choose how fast a run goes, not what it computes).
 SPEED_FIELDS = tuple(SpeedSettings.model_fields)
+
+
+def flush_denormals() -> None:
+    """Denormal floats as zero in this thread and in every thread it creates from now on."""
+    torch.set_flush_denormal(True)
+
+
+def use_threads(threads: int) -> None:
+    """``threads`` intra-op CPU threads, denormals flushed in each (set before the pool
+    grows, so that new pool threads inherit the mode)."""
+    flush_denormals()
+    torch.set_num_threads(threads)
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:

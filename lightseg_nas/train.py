@@ -27,7 +27,7 @@ from lightseg_nas.losses import segmentation_loss
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import make_record
 from lightseg_nas.settings import RECIPES, TrainSettings, changed_settings, parse_options
-from lightseg_nas.speed import SPEED_FIELDS, compiled, place_model, use_compile
+from lightseg_nas.speed import SPEED_FIELDS, compiled, flush_denormals, place_model, use_compile
 
 __all__ = ["TrainSettings", "settings_from", "fit", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss", "summary"]
 
@@ -129,6 +129,7 @@ def fit(
     """
     from lightseg_nas.progress import percent
 
+    flush_denormals()
     device = resolve_device(settings.device)
     model.to(device).train()
     state = None

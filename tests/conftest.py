@@ -4,7 +4,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
+
+from lightseg_nas.speed import use_threads
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -12,7 +13,7 @@ OFFICIAL = SHARED / "reference" / "official"
 EG1800 = SHARED / "data" / "eg1800"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-torch.set_num_threads(1)
+use_threads(1)  # denormals flushed, as every command runs
 
 
 @pytest.fixture

@@ -222,3 +222,28 @@ def test_edge_term_cost_times_three_forms_and_keeps_its_protocol(tmp_path, monke
     with pytest.raises(SystemExit) as stop:  # another protocol: refused, the results kept
         bench.main()
     assert stop.value.code == 2 and (out / "edge_term_cost.md").read_text() == table
+
+
+def test_denormals_times_kept_against_flushed_and_leaves_them_flushed(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import torch
+
+    bench, out = _load("denormals"), tmp_path / "results"
+    final = Path(__file__).resolve().parents[1] / "studies" / "eg1800_hybrid_r128-final"
+    for bad, said in ((["--repeats", "0"], "--repeats"), (["--threads", "2"], "--threads"), (["--models", "nope.pt"], "nope.pt"),
+                      (["--no-released", "--data", f"eg1800:{tmp_path / 'none'}"], "no such dataset")):
+        monkeypatch.setattr(sys, "argv", ["denormals.py", *bad, "--out", str(out)])
+        with pytest.raises(SystemExit) as stop:
+            bench.main()
+        assert stop.value.code == 2 and said in capsys.readouterr().err and not out.exists()
+    args = ["--models", str(final / "7825f0dea1a9.pt"), "--no-released", "--data", "synthetic:count=8", "--repeats", "1"]
+    monkeypatch.setattr(sys, "argv", ["denormals.py", *args, "--size", "32", "--out", str(out)])
+    bench.main()
+    table = (out / "denormals.md").read_text()
+    assert "| 7825f0dea1a9 (trained here) | NCHW |" in table and "| 7825f0dea1a9 (trained here) | channels-last |" in table
+    assert (torch.full((8,), 1e-30) * 1e-10 == 0).all()  # flushed again afterwards, as the package runs
+    monkeypatch.setattr(sys, "argv", ["denormals.py", *args, "--size", "64", "--out", str(out)])
+    with pytest.raises(SystemExit) as stop:  # another protocol: refused, the results kept
+        bench.main()
+    assert stop.value.code == 2 and (out / "denormals.md").read_text() == table

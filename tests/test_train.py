@@ -335,3 +335,35 @@ def test_a_preset_teacher_is_recorded_by_weights_file_name_and_digest(official):
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     assert description == f"preset sinet (SINet.pth, sha256 {digest})" and str(official) not in description
     assert not model.training and preprocessing == get_preprocessing("released")
+
+
+def test_the_foreground_of_two_logits_is_argmax_ties_and_nans_included():
+    from lightseg_nas.metrics import predict_foreground
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 2, 9, 11, generator=generator).round()  # rounding makes ties
+    logits[torch.rand(logits.shape, generator=generator) < 0.15] = float("nan")
+    logits[0, :, 0, :3] = torch.tensor([[float("inf"), 1.0, float("-inf")], [float("inf"), float("inf"), 0.0]])
+    assert torch.equal(predict_foreground(logits), logits.argmax(1) == 1)
+    assert torch.equal(predict_foreground(logits[:, :1]), logits[:, 0] > 0)
+
+
+def test_denormals_are_flushed_in_the_calling_thread_and_in_threads_started_after():
+    """A denormal product reads as zero in the main thread and in a thread pool's threads
+    (they inherit the mode), after any command's thread setup, fit or evaluate."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from lightseg_nas.speed import use_threads\n"
+        "tiny = torch.full((4096,), 1e-30)\n"
+        "assert (tiny * 1e-10 != 0).all()\n"  # IEEE: a denormal, not zero
+        "use_threads(2)\n"
+        "assert (tiny * 1e-10 == 0).all()\n"
+        "x = torch.full((1 << 22,), 1e-30)\n"  # big enough for torch to split over both threads
+        "assert (x * 1e-10 == 0).all(), 'a pool thread kept denormals'\n"
+        "print('flushed')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "flushed" in result.stdout, result.stderr

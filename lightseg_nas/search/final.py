@@ -223,12 +223,11 @@ def _worker(runs, data_spec, threads, teacher_weights, number, queue=None) -> No
     the exit code tells the parent."""
     import sys
 
-    import torch
-
     from lightseg_nas.errors import install_stop_handlers
+    from lightseg_nas.speed import use_threads
 
     install_stop_handlers()
-    torch.set_num_threads(threads)
+    use_threads(threads)
     try:
         _train_here(runs, data_spec, threads, False, teacher_weights, lambda line: print(f"worker {number}: {line}", flush=True), queue, share=True)
     except UserError as error:

@@ -179,9 +179,9 @@ def _run(study_file, target, timeout, storage, study_name, progress, worker, cpu
 
 
 def _worker(study_file: StudyFile, n_trials, timeout, storage, study_name, worker: int, threads: int) -> None:
-    import torch
+    from lightseg_nas.speed import use_threads
 
-    torch.set_num_threads(threads)
+    use_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     install_stop_handlers()
     try:
