@@ -340,6 +340,10 @@ def test_every_committed_plot_page_draws_in_a_clone_offline():
     keeps in studies/, and the page's PNG, which it shows where that script is missing)."""
     import re
 
+    from plotly.offline import get_plotlyjs
+
+    from lightseg_nas.search.report import plotlyjs_version
+
     tracked = set(subprocess.run(["git", "ls-files", "studies"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
     pages = sorted(p for p in tracked if p.endswith(".html"))
     assert pages
@@ -352,7 +356,7 @@ def test_every_committed_plot_page_draws_in_a_clone_offline():
             assert not re.match(r"[a-z]+:|//", source), (page, source)
             assert str(((REPO / page).parent / source).resolve().relative_to(REPO)) in tracked, (page, source)
         for source in scripts:  # plotly's own bundle, not a stand-in
-            assert "plotly.js v" in ((REPO / page).parent / source).read_text()[:200], (page, source)
+            assert plotlyjs_version(((REPO / page).parent / source).read_text()[:200]) == plotlyjs_version(get_plotlyjs()), (page, source)
         assert "document.write" not in html and "window.Plotly" in html, page  # the PNG shows without plotly.js
 
 
@@ -367,4 +371,11 @@ def test_pages_use_the_folder_above_s_plotly_js_when_it_is_this_plotly_s(tmp_pat
     (shared.parent / "plotly.min.js").write_text(get_plotlyjs())
     (other.parent / "plotly.min.js").write_text("/* another plotly.js version */")
     assert place_plotlyjs(shared) == "../plotly.min.js" and not (shared / "plotly.min.js").exists()
-    assert place_plotlyjs(other) == "plotly.min.js" and (other / "plotly.min.js").read_text() == get_plotlyjs()
+    assert place_plotlyjs(other) == "plotly.min.js" and (other / "plotly.min.js").read_text() == get_plotlyjs()    # git's partial (basic) bundle of the same version is used; one naming another version is not
+    basic, older = tmp_path / "basic" / "a-report", tmp_path / "older" / "a-report"
+    text = (REPO / "studies" / "plotly.min.js").read_text()
+    for folder, bundle in ((basic, text), (older, "/**\n* plotly.js (basic - minified) v1.0.0\n*/" + text[text.index("*/") + 2:])):
+        folder.mkdir(parents=True)
+        (folder.parent / "plotly.min.js").write_text(bundle)
+    assert place_plotlyjs(basic) == "../plotly.min.js" and not (basic / "plotly.min.js").exists()
+    assert place_plotlyjs(older) == "plotly.min.js" and (older / "plotly.min.js").read_text() == get_plotlyjs()

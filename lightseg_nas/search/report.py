@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 import shutil
 import tempfile
@@ -329,14 +330,21 @@ def figure_html(figure: go.Figure, name: str, static: bool, plotlyjs: str = "plo
 PLOTLYJS = "plotly.min.js"
 
 
+def plotlyjs_version(text: str) -> str | None:
+    """The version a plotly.js bundle names in its header (full or partial bundle), else None."""
+    found = re.match(r"/\*\*\s*\*\s*plotly\.js (?:\([a-z -]+\) )?v(\d+\.\d+\.\d+)\b", text[:200])
+    return found.group(1) if found else None
+
+
 def place_plotlyjs(folder: Path) -> str:
     """Where the pages of ``folder`` load plotly.js from, offline: the folder above's
-    plotly.min.js when it is this plotly's bundle (the one git keeps in studies/ serves every
-    report and final folder beside the study files), else a copy written beside the
-    pages (4.8 MB). Returns the path relative to the pages."""
+    plotly.min.js when it is a plotly.js bundle of this plotly's version (git keeps
+    plotly.js's basic bundle, scatter traces only, 1.2 MB, in studies/ for every report and
+    final folder beside the study files; every plot here is a scatter), else a copy of the
+    full bundle written beside the pages (4.8 MB). Returns the path relative to the pages."""
     bundle = get_plotlyjs()
     shared = Path(folder).parent / PLOTLYJS
-    if shared.is_file() and shared.stat().st_size == len(bundle.encode()) and shared.read_text() == bundle:
+    if shared.is_file() and plotlyjs_version(shared.read_text(errors="replace")[:200]) == plotlyjs_version(bundle):
         return f"../{PLOTLYJS}"
     (Path(folder) / PLOTLYJS).write_text(bundle)
     return PLOTLYJS
