@@ -76,6 +76,24 @@ def install_stop_handlers() -> None:
     sys.unraisablehook = drop_interrupts
 
 
+def stop_with_parent() -> None:
+    """In a worker process: stop (as on SIGTERM) when the process that started it ends, even
+    by SIGKILL, so that no worker goes on training or searching unowned. Linux only (prctl);
+    elsewhere workers end when their run does."""
+    import ctypes
+    import multiprocessing
+    import os
+
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent.pid:  # the parent ended before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def stop_requested() -> None:
     """Raise Interrupted if a stop signal arrived, even one whose exception was dropped."""
     if STOP.is_set():

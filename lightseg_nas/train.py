@@ -192,8 +192,10 @@ def train_to_file(
     progress: bool = True,
     init_state: Optional[dict] = None,
     teacher_weights: Optional[Path] = None,
+    on_epoch: Optional[Callable[[dict], None]] = None,
 ) -> dict:
     """Load data, train ``config`` and write ``out_dir/model.pt``; return the record.
+    ``on_epoch(row)`` sees each epoch's history row.
 
     With ``settings.teacher`` (a model file, or a preset with ``teacher_weights``), the loss
     adds distillation from it, and the record names the teacher.
@@ -219,10 +221,14 @@ def train_to_file(
     val_data = load_split(data_spec, "val", settings.size, settings.val_fraction, settings.val_seed, progress)
     # The folder is locked only once the inputs are known good (a refused run leaves nothing).
     with runs.locked_run(out_dir, resume, "training run"):
-        return _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data, distiller, teacher)
+        return _train_locked(
+            config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data, distiller, teacher, on_epoch
+        )
 
 
-def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data, distiller, teacher) -> dict:
+def _train_locked(
+    config, data_spec, out_dir, checkpoint, settings, preprocessing, resume, progress, init_state, train_data, val_data, distiller, teacher, on_epoch=None
+) -> dict:
     torch.manual_seed(settings.seed)
     model = build_model(config)
     if init_state is not None:
@@ -230,7 +236,7 @@ def _train_locked(config, data_spec, out_dir, checkpoint, settings, preprocessin
     try:
         # the checkpoint names its network and data too: --resume needs nothing repeated
         extra = {"config": config.model_dump(mode="json"), "data_spec": data_spec}
-        history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress, extra_loss=distiller, checkpoint_extra=extra)
+        history = fit(model, train_data, val_data, settings, preprocessing, checkpoint, resume, progress, extra_loss=distiller, checkpoint_extra=extra, on_epoch=on_epoch)
     except FloatingPointError as error:
         raise UserError(diverged_message(error, checkpoint)) from None
     check_finite_state(model.state_dict(), "the trained network")

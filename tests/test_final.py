@@ -69,13 +69,17 @@ def test_two_workers_train_every_run_once_and_the_table_covers_them(tmp_path, ca
     study = write_study(tmp_path, fidelity="false")
     assert runner.invoke(app, ["search", str(study), "--n-trials", "3", "--no-progress", "--no-report"]).exit_code == 0
     args = ["final", str(study), "--front", "--top", "1", "--baselines", "sinet", "--seeds", "0,1", "--recipe", "curve", "--max-steps", "1",
-            "--runs", str(tmp_path / "runs"), "--no-png", "--threads", "1", "--no-progress", "--workers", "2"]
+            "--runs", str(tmp_path / "runs"), "--no-png", "--threads", "1", "--workers", "2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = capfd.readouterr().out.splitlines()
     trained = sorted(line.split("training ", 1)[1].split(" (")[0] for line in lines if "] training " in line)
     assert len(trained) == 4 and len(set(trained)) == 4, lines  # each network and seed once, whichever worker took it
     assert {line.split(":")[0] for line in lines if "] training " in line} <= {"worker 1", "worker 2"}
+    # no bars from processes side by side: a named line per epoch instead
+    epochs = [line for line in lines if ": epoch 1/" in line]
+    assert sorted(line.split("] ", 1)[1].split(":")[0] for line in epochs) == sorted(trained), lines
+    assert all("validation fg IoU" in line for line in epochs)
     assert len(list((tmp_path / "tiny-final").glob("*.pt"))) == 4 and (tmp_path / "tiny-final" / "results.md").exists()
 
 

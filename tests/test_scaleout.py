@@ -252,3 +252,57 @@ def test_a_killed_final_worker_s_run_goes_back_to_the_queue(tmp_path, postgres_u
     assert sorted(p.name for p in (b / "final").glob("*.pt")) == ["sinet-seed1.pt", "sinet.pt"]
     states_now = [t.state for t in queued(postgres_url, "killed")]
     assert states_now.count(TrialState.COMPLETE) == 2 and TrialState.FAIL in states_now and TrialState.RUNNING not in states_now
+
+
+def children(pid):
+    """The live child processes of ``pid`` (Linux /proc)."""
+    try:
+        return [int(child) for child in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def gone(pids):
+    """Every one of ``pids`` has ended (a zombie has ended too)."""
+    def ended(pid):
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+    return all(ended(pid) for pid in pids)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_final_workers_stop_when_their_parent_alone_is_stopped_or_killed(tmp_path, stop):
+    """A scheduler's SIGTERM reaches the parent only (not its process group), and a SIGKILL
+    gives the parent no chance to say anything: in both cases no worker goes on training."""
+    study = write_study(tmp_path, fidelity="false")
+    searched = subprocess.run([*CLI, "search", str(study), "--n-trials", "1", "--threads", "1", "--no-progress", "--no-report"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    args = [*CLI, "final", str(study), "--baselines", "sinet", "--seeds", "0,1", "--recipe", "curve", "--workers", "2", "--threads", "1",
+            "--runs", str(tmp_path / "runs"), "--no-table", "--no-progress"]
+    parent = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    runs = tmp_path / "runs" / "tiny"
+    assert wait_for(lambda: len(list(runs.glob("sinet-seed*/.lock"))) == 2, timeout=300), parent.stderr.read() if parent.poll() is not None else ""
+    workers = children(parent.pid)
+    assert len(workers) >= 2
+    os.kill(parent.pid, stop)
+    _, err = parent.communicate(timeout=180)
+    assert parent.returncode == (130 if stop == signal.SIGTERM else -signal.SIGKILL), err[-2000:]
+    assert wait_for(lambda: gone(workers), timeout=120), [open(f"/proc/{pid}/cmdline").read() for pid in workers if not gone([pid])]
+    assert not list(runs.glob("*/model.pt"))  # stopped, not finished
+
+
+@pytest.mark.slow
+def test_search_workers_stop_when_their_parent_is_killed(tmp_path, postgres_url):
+    study = write_study(tmp_path, fidelity="false", rungs=SLOW_RUNGS)
+    parent = search_process(study, postgres_url, "orphans", 40, "--workers", "2", background=True)
+    assert wait_for(lambda: len(running_trials(postgres_url, "orphans")) >= 2, timeout=300)
+    workers = children(parent.pid)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    assert wait_for(lambda: gone(workers), timeout=120)
+    _, trial_states = states(postgres_url, "orphans")
+    assert TrialState.RUNNING not in trial_states  # each worker marked its trial failed as it stopped
+    assert sum(s == TrialState.COMPLETE for s in trial_states) < 40

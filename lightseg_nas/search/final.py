@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -177,20 +178,26 @@ def train_runs(
             train_one(run, data_spec, threads, progress, teacher_weights, on_run, f"[{index}/{len(runs)}]")
 
 
-def train_one(run: FinalRun, data_spec: str, threads: int, progress: bool = True, teacher_weights: Optional[Path] = None, on_run=print, label: str = "") -> None:
+def train_one(run: FinalRun, data_spec: str, threads: int, progress: bool | str = True, teacher_weights: Optional[Path] = None, on_run=print, label: str = "") -> None:
     """Train one run unless it is finished (resuming a stopped one), then keep its model file
-    in the final folder."""
+    in the final folder. ``progress``: True (a bar, or a line per epoch off a terminal),
+    False (nothing), or "lines" (a line per epoch through ``on_run``, named: a worker)."""
     from lightseg_nas.train import train_to_file
 
     label = f"{label} " if label else ""
+
+    def epoch_line(row):  # workers side by side: a line per epoch, named, instead of bars
+        on_run(f"{label}{run.name} seed {run.seed}: epoch {row['epoch']}/{run.settings.epochs}, loss {row['loss']:.3f}, "
+               f"validation fg IoU {100 * row.get('val_fg_iou', float('nan')):.2f}%, {row['seconds']:.0f}s")
+
     if run.model_file.exists():  # kept earlier, its protocol checked by plan_runs
         on_run(f"{label}{run.name} seed {run.seed}: kept in {run.model_file}, reused")
         return
     if not (run.run_dir / "model.pt").exists():
         on_run(f"{label}training {run.name} seed {run.seed} ({run.settings.recipe} recipe) in {run.run_dir}")
         train_to_file(
-            run.config, data_spec, run.run_dir, run.settings, resume=(run.run_dir / "checkpoint.pt").exists(), progress=progress,
-            teacher_weights=teacher_weights if run.distilled else None,
+            run.config, data_spec, run.run_dir, run.settings, resume=(run.run_dir / "checkpoint.pt").exists(), progress=progress is True,
+            teacher_weights=teacher_weights if run.distilled else None, on_epoch=epoch_line if progress == "lines" else None,
         )
     else:
         on_run(f"{label}{run.name} seed {run.seed}: finished in {run.run_dir}, reused")
@@ -218,18 +225,20 @@ def _train_here(runs, data_spec, threads, progress, teacher_weights, on_run, que
         train_runs(runs, data_spec, threads, progress, teacher_weights, on_run, share)
 
 
-def _worker(runs, data_spec, threads, teacher_weights, number, queue=None) -> None:
+def _worker(runs, data_spec, threads, teacher_weights, number, queue=None, progress=True) -> None:
     """One of ``train_in_workers``'s processes: a user mistake or a stop is one line, and
     the exit code tells the parent."""
     import sys
 
-    from lightseg_nas.errors import install_stop_handlers
+    from lightseg_nas.errors import install_stop_handlers, stop_with_parent
     from lightseg_nas.speed import use_threads
 
     install_stop_handlers()
+    stop_with_parent()
     use_threads(threads)
     try:
-        _train_here(runs, data_spec, threads, False, teacher_weights, lambda line: print(f"worker {number}: {line}", flush=True), queue, share=True)
+        lines = "lines" if progress else False  # bars of several processes would overwrite each other
+        _train_here(runs, data_spec, threads, lines, teacher_weights, lambda line: print(f"worker {number}: {line}", flush=True), queue, share=True)
     except UserError as error:
         print(f"worker {number}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -257,13 +266,16 @@ def train_in_workers(
         return
     threads = threads or max(1, usable_cores() // workers)
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(runs, data_spec, threads, teacher_weights, number, queue)) for number in range(1, workers + 1)]
+    processes = [context.Process(target=_worker, args=(runs, data_spec, threads, teacher_weights, number, queue, progress)) for number in range(1, workers + 1)]
     for process in processes:
         process.start()
     try:
         for process in processes:
             process.join()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; a SIGTERM to this process alone does not
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
         for process in processes:
             process.join()
         raise

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 import search_spaces
-from lightseg_nas.errors import STOP, FieldError, Interrupted, UserError, install_stop_handlers
+from lightseg_nas.errors import STOP, FieldError, Interrupted, UserError, install_stop_handlers, stop_with_parent
 from lightseg_nas.presets import get_preset
 from lightseg_nas.progress import log_line, percent
 from lightseg_nas.search.objective import FINISHED, Objective
@@ -184,6 +184,7 @@ def _worker(study_file: StudyFile, n_trials, timeout, storage, study_name, worke
     use_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     install_stop_handlers()
+    stop_with_parent()
     try:
         run_search(study_file, n_trials, timeout, storage, study_name, progress=False, worker=worker)
     except KeyboardInterrupt:
