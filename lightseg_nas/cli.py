@@ -294,7 +294,7 @@ def onnx(
     typer.echo(f"wrote {out}: max |onnxruntime - torch| = {difference:.2e} on a {size}x{size} input ({source})")
 
 
-COMPRESS_SETTINGS = ("steps", "epochs_per_step", "lr", "batch_size", "size", "mac_size", "seed", "val_fraction", "val_seed")
+COMPRESS_SETTINGS = ("steps", "epochs_per_step", "lr", "batch_size", "loss", "edge_weight", "edge_band", "size", "mac_size", "seed", "val_fraction", "val_seed")
 
 
 @app.command()
@@ -308,6 +308,9 @@ def compress(
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="The released state_dict of a preset --teacher."),
     data: Optional[str] = ModelDataOption,
     out: Path = typer.Option(..., "--out", help="The model file to write (OUT.partial holds the finished steps meanwhile)."),
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", help=f"Fine-tune with a named training recipe's loss, size and step settings ({', '.join(sorted(RECIPES))}; not its epochs: --epochs-per-step); options given here override them."
+    ),
     settings: dict = SettingsOptions(CompressSettings, COMPRESS_SETTINGS, help={"lr": "Adam learning rate of the fine-tuning (warm-up then cosine, per step)."}),
     distill: dict = SettingsOptions(CompressSettings, DISTILL_SETTINGS, help={"kd_weight": "Weight of pixel-wise distillation.", "kd_temperature": "Distillation temperature.", "cwd_weight": "Weight of channel-wise distillation."}),
     run: dict = SettingsOptions(CompressSettings, ("max_steps_per_step", "device")),
@@ -330,7 +333,7 @@ def compress(
         raise UserError("give exactly one of --target-params N or --target-macs N")
     flag, text = ("--target-params", target_params) if target_params is not None else ("--target-macs", target_macs)
     target, percent = parse_target(text, flag)
-    settings = settings_from(metric="params" if target_params is not None else "macs", target=target, target_percent=percent, **settings, **distill, **run, **speed)
+    settings = settings_from(recipe, metric="params" if target_params is not None else "macs", target=target, target_percent=percent, **settings, **distill, **run, **speed)
     set_threads(threads)
     on_row = (lambda row: None) if as_json else (lambda row: typer.echo(format_row(row), err=progress))
     record = compress_to_file(model_file, out, data, settings, teacher, teacher_weights, resume, progress, on_row)

@@ -175,8 +175,10 @@ RECIPES: dict[str, dict] = {
 }
 
 
-class CompressSettings(StepSettings, SplitSettings, DistillSettings, SpeedSettings):
+class CompressSettings(StepSettings, LossSettings, SplitSettings, DistillSettings, SpeedSettings):
     metric: Literal["params", "macs"]
+    # The named recipe (RECIPES) whose loss, size and step settings the fine-tuning took, if any.
+    recipe: Optional[str] = None
     # An absolute target, or a percentage of the network's current cost (resolved against
     # the model when the compression starts): exactly one of the two.
     target: Optional[int] = Field(None, ge=1, le=10**15, strict=True)

@@ -81,7 +81,7 @@ def test_compress_reaches_the_target_and_the_file_rebuilds_the_pruned_network(tr
     out = tmp_path / "small.pt"
     args = [
         "compress", str(trained), "--target-params", "40000", "--teacher", str(trained), "--steps", "2", "--epochs-per-step", "1",
-        "--data", DATA, "--size", "64", "--batch-size", "8", "--mac-size", "64", "--out", str(out), "--no-progress", "--json",
+        "--data", DATA, "--recipe", "long", "--size", "64", "--batch-size", "8", "--mac-size", "64", "--out", str(out), "--no-progress", "--json",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -94,6 +94,8 @@ def test_compress_reaches_the_target_and_the_file_rebuilds_the_pruned_network(tr
     model, record = load_model_file(out)  # build_model(config) + strict state_dict
     assert count_params(model) == summary["params"]
     assert record["training"]["val_fraction"] == 0.1 and record["training"]["size"] == 64  # eval finds the same split
+    # fine-tuned with the long recipe's boundary-band term; --size given here overrides its 224
+    assert record["training"]["edge_weight"] == 0.5 and record["compress"]["settings"]["recipe"] == "long"
     # the file's config is the one the pruned weights' shapes spell, and goes to the trainer as it is
     assert prune.config_of(model) == record["config_object"]
     config_path = tmp_path / "small.json"  # written beside the model file
@@ -145,3 +147,22 @@ def test_a_percentage_target_is_that_share_of_the_current_count():
     assert resolve_target(model, settings_from(metric="params", target=20000)).target == 20000
     with pytest.raises(UserError, match="exactly one target"):
         settings_from(metric="params", target=20000, target_percent=50.0)
+
+
+def test_a_recipe_gives_the_fine_tuning_its_loss_and_size_and_the_options_override_it(monkeypatch):
+    from lightseg_nas.compress import _fine_tune_settings
+    from lightseg_nas.data.transforms import get_preprocessing
+    from lightseg_nas.errors import FieldError
+    from lightseg_nas.settings import RECIPES
+
+    settings = settings_from(recipe="long", metric="params", target=20000)
+    assert (settings.edge_weight, settings.size, settings.recipe, settings.epochs_per_step) == (0.5, 224, "long", 4)  # not its 100 epochs
+    tuned = _fine_tune_settings(settings, get_preprocessing("default"), 1)
+    assert (tuned.edge_weight, tuned.edge_band, tuned.size, tuned.epochs) == (0.5, 15, 224, 4)
+    assert settings_from(recipe="long", metric="params", target=20000, edge_weight=0.0, size=160).model_dump(include={"edge_weight", "size"}) == {"edge_weight": 0.0, "size": 160}
+    assert settings_from(metric="params", target=20000).edge_weight == 0.0  # no recipe: cross-entropy alone, as before
+    with pytest.raises(FieldError, match="'fast' is unknown"):
+        settings_from(recipe="fast", metric="params", target=20000)
+    monkeypatch.setitem(RECIPES, "warped", {"epochs": 30, "affine": True})
+    with pytest.raises(FieldError, match="sets affine, which compress"):  # refused, not silently dropped
+        settings_from(recipe="warped", metric="params", target=20000)

@@ -9,6 +9,8 @@ the README's paths work unchanged. What the test changes, and only that:
 - training commands get ``--max-steps 2`` (supernet training also ``--recalibration-images 8``,
   final also ``--no-png``) and compress commands ``--max-steps-per-step 1``
   (the README's schedules are for real runs; options given twice take the last value);
+- ``--threads N`` above this machine's cores runs with its cores (the page's 16 are for a
+  16-core worker; 16 threads on 2 cores only oversubscribe them);
 - the PostgreSQL host is a throwaway local server (skipped where PostgreSQL is absent);
 - a ``--resume`` line after a run that finished must be refused with one line (resuming a
   stopped run is tested with real kills in tests/test_train.py and tests/test_compress.py);
@@ -28,6 +30,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from lightseg_nas.checks import usable_cores
 from lightseg_nas.cli import app
 from lightseg_nas.config import to_json
 from lightseg_nas.presets import get_preset
@@ -130,6 +133,7 @@ def test_every_readme_command_block_runs_on_synthetic_data(tmp_path, monkeypatch
                 exported = sorted((main / "studies" / "eg1800_extremec3-export").glob("*.json"))
                 assert len(exported) == 1, exported
                 line = line.replace("ARCH_ID", exported[0].stem)
+            line = re.sub(r"--threads (\d+)", lambda m: f"--threads {min(int(m.group(1)), usable_cores())}", line)
             args = shlex.split(line)[1:]
             args += SMOKE.get(args[0], [])
             started = time.perf_counter()
