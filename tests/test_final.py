@@ -135,3 +135,10 @@ def test_a_front_without_a_searched_member_is_said_and_the_other_choices_go_ahea
     assert with_baseline.exit_code == 0, with_baseline.output
     assert "no searched network on its full-fidelity front" in with_baseline.output and "training sinet seed 0" in with_baseline.output
     assert sorted(p.name for p in (tmp_path / "tiny-final").glob("*.pt")) == ["sinet.pt"]
+
+
+def test_the_table_names_every_setting_of_its_recipe():
+    from lightseg_nas.search.final import recipe_text
+
+    assert json.loads(recipe_text("long")) == {"epochs": 100, "size": 224, "batch_size": 16, "lr": 0.005, "schedule": "cosine", "loss": "ce", "edge_weight": 0.5}
+    assert "edge_weight" not in json.loads(recipe_text("final"))

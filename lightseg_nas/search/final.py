@@ -421,6 +421,15 @@ def summary(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return by_model, lines
 
 
+def recipe_text(recipe: str) -> str:
+    """A recipe's settings as the table names them: the usual ones and every one it sets."""
+    from lightseg_nas.settings import RECIPES
+    from lightseg_nas.train import settings_from
+
+    named = {"epochs", "size", "batch_size", "lr", "schedule", "loss"} | set(RECIPES[recipe])
+    return json.dumps(settings_from(recipe).model_dump(include=named))
+
+
 def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
     """Seed-mean validation fg IoU at 224 against parameters or latency; published marked."""
     import plotly.graph_objects as go
@@ -452,7 +461,6 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
 def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, png: bool = True, recipe: Optional[str] = None) -> list[Path]:
     """results.csv, results.md and the plots (HTML, and PNG where kaleido can draw)."""
     from lightseg_nas.search.report import PLOTLYJS, _png_available, figure_html, place_plotlyjs
-    from lightseg_nas.train import settings_from
 
     final_dir = Path(final_dir)
     by_model, lines = summary(frame)
@@ -476,7 +484,7 @@ def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, p
     text = [
         f"# Final models of {study_file.study.name}",
         "",
-        f"Trained with the `{recipe}` recipe ({json.dumps(settings_from(recipe).model_dump(include={'epochs', 'size', 'batch_size', 'lr', 'schedule', 'loss'}))}), "
+        f"Trained with the `{recipe}` recipe ({recipe_text(recipe)}), "
         f"on the study's data (`{study_file.data.spec}`) minus its validation split ({study_file.data.val_fraction:g}, seed {study_file.data.val_seed}); "
         "an EG1800 test list is never read. Scored on that validation split with the papers' protocol: per-image foreground IoU at 224x224 (the papers' \"mIoU\"), mIoU over "
         "background and foreground, boundary F, in %. Parameters and conv-only MACs (convolutions and linear layers; batch norm, activations, "
