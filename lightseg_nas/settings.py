@@ -170,7 +170,8 @@ RECIPES: dict[str, dict] = {
     # epoch 80; the boundary-band Lovász term (weight 0.5) gained 0.24 at 30 epochs (one
     # seed each, benchmarks/results/long_curves_*.md and protocol.md). The official affine
     # warp (-2.70) and encoder-first epochs (-0.58) did not pay and are left out. The two
-    # together are not yet measured; about 7x the final recipe's CPU time.
+    # together: SINet 95.26 (+0.60 on the 100-epoch curve), 7825f0dea1a9 94.60 (+0.34), seed
+    # 0 (studies/eg1800_hybrid_r128-long); about 3.4x the final recipe's CPU time.
     "long": {"epochs": 100, "size": 224, "edge_weight": 0.5},
 }
 
