@@ -27,7 +27,7 @@ from lightseg_nas.errors import FieldError, UserError
 from lightseg_nas.families import build_model
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import atomic_write_text, load_model_file, make_record, save_record
-from lightseg_nas.settings import RECIPES, CompressSettings, LossSettings, SpeedSettings, SplitSettings, StepSettings, TrainSettings, changed_settings, parse_options
+from lightseg_nas.settings import CompressSettings, LossSettings, SpeedSettings, SplitSettings, StepSettings, TrainSettings, changed_settings, parse_options, with_recipe
 from lightseg_nas.speed import SPEED_FIELDS
 from lightseg_nas.train import fit, resolve_device
 
@@ -41,14 +41,10 @@ def settings_from(recipe: Optional[str] = None, **values) -> CompressSettings:
     """Settings from given values (None = not given), on top of a named training recipe's
     loss, size and step values (its epochs are a training's length: --epochs-per-step is the
     fine-tuning's)."""
-    if recipe is not None:
-        if recipe not in RECIPES:
-            raise FieldError("recipe", f"{{0}} {recipe!r} is unknown; known: {', '.join(sorted(RECIPES))}")
-        taken = {k: v for k, v in RECIPES[recipe].items() if k != "epochs"}
-        unknown = sorted(set(taken) - set(CompressSettings.model_fields))
-        if unknown:  # a recipe setting the fine-tuning cannot follow: refused, not dropped
-            raise FieldError("recipe", f"{{0}} {recipe!r} sets {', '.join(unknown)}, which compress's fine-tuning does not take")
-        values = {**taken, **{k: v for k, v in values.items() if v is not None}, "recipe": recipe}
+    values = with_recipe(recipe, values, leave_out=("epochs",))
+    unknown = sorted(set(values) - set(CompressSettings.model_fields))
+    if recipe is not None and unknown:  # a recipe setting the fine-tuning cannot follow: refused, not dropped
+        raise FieldError("recipe", f"{{0}} {recipe!r} sets {', '.join(unknown)}, which compress's fine-tuning does not take")
     settings = parse_options(CompressSettings, values)
     if (settings.target is None) == (settings.target_percent is None):
         raise UserError("give exactly one target: a number (N) or a percentage of the current size (P%)")

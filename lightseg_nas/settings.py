@@ -171,9 +171,21 @@ RECIPES: dict[str, dict] = {
     # seed each, benchmarks/results/long_curves_*.md and protocol.md). The official affine
     # warp (-2.70) and encoder-first epochs (-0.58) did not pay and are left out. The two
     # together: SINet 95.26 (+0.60 on the 100-epoch curve), 7825f0dea1a9 94.60 (+0.34), seed
-    # 0 (studies/eg1800_hybrid_r128-long); about 3.4x the final recipe's CPU time.
+    # 0 (studies/eg1800_hybrid_r128-long); SINet took 116 CPU-minutes against the final
+    # recipe's 34 (both beside other work).
     "long": {"epochs": 100, "size": 224, "edge_weight": 0.5},
 }
+
+
+def with_recipe(recipe: Optional[str], values: dict, leave_out: tuple[str, ...] = ()) -> dict:
+    """Given values (None = not given) on top of a named recipe's (less ``leave_out``), with
+    the recipe's name; a FieldError for an unknown name. Without a recipe, the values."""
+    if recipe is None:
+        return values
+    if recipe not in RECIPES:
+        raise FieldError("recipe", f"{{0}} {recipe!r} is unknown; known: {', '.join(sorted(RECIPES))}")
+    taken = {k: v for k, v in RECIPES[recipe].items() if k not in leave_out}
+    return {**taken, **{k: v for k, v in values.items() if v is not None}, "recipe": recipe}
 
 
 class CompressSettings(StepSettings, LossSettings, SplitSettings, DistillSettings, SpeedSettings):

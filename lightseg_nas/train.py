@@ -26,7 +26,7 @@ from lightseg_nas.families import build_model
 from lightseg_nas.losses import segmentation_loss
 from lightseg_nas.metrics import evaluate
 from lightseg_nas.modelfile import make_record
-from lightseg_nas.settings import RECIPES, TrainSettings, changed_settings, parse_options
+from lightseg_nas.settings import TrainSettings, changed_settings, parse_options, with_recipe
 from lightseg_nas.speed import SPEED_FIELDS, compiled, flush_denormals, place_model, use_compile
 
 __all__ = ["TrainSettings", "settings_from", "fit", "images_per_s", "train_to_file", "resolve_device", "segmentation_loss", "summary"]
@@ -34,11 +34,7 @@ __all__ = ["TrainSettings", "settings_from", "fit", "images_per_s", "train_to_fi
 
 def settings_from(recipe: Optional[str] = None, **values) -> TrainSettings:
     """Settings from given values (None = not given), on top of a named recipe's values."""
-    if recipe is not None:
-        if recipe not in RECIPES:
-            raise FieldError("recipe", f"{{0}} {recipe!r} is unknown; known: {', '.join(sorted(RECIPES))}")
-        values = {**RECIPES[recipe], **{k: v for k, v in values.items() if v is not None}, "recipe": recipe}
-    settings = parse_options(TrainSettings, values)
+    settings = parse_options(TrainSettings, with_recipe(recipe, values))
     resolve_device(settings.device)
     if settings.encoder_epochs >= settings.epochs:
         raise FieldError(("encoder_epochs", "epochs"), f"{{0}} ({settings.encoder_epochs}) must be fewer than {{1}} ({settings.epochs})")
