@@ -142,3 +142,22 @@ def test_the_table_names_every_setting_of_its_recipe():
 
     assert json.loads(recipe_text("long")) == {"epochs": 100, "size": 224, "batch_size": 16, "lr": 0.005, "schedule": "cosine", "loss": "ce", "edge_weight": 0.5}
     assert "edge_weight" not in json.loads(recipe_text("final"))
+
+
+def test_final_plots_leave_room_for_the_end_points_labels():
+    """The x range reaches past the outermost points on both sides (a label centred on the leftmost point was cut off)."""
+    import math
+
+    import pandas as pd
+
+    from lightseg_nas.search.final import padded_range
+
+    params = pd.Series([35990, 86684, float("nan")])
+    low, high = padded_range(params, log=True)
+    span = math.log10(86684) - math.log10(35990)
+    assert low < math.log10(35990) - 0.1 * span and high > math.log10(86684) + 0.1 * span
+    low, high = padded_range(pd.Series([0.94, 1.0]), log=False)
+    assert low < 0.94 - 0.006 and high > 1.0 + 0.006
+    low, high = padded_range(pd.Series([1.0]), log=False)  # one network: still a range around it
+    assert low < 1.0 < high
+    assert padded_range(pd.Series([float("nan")]), log=False) is None

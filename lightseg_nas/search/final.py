@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from lightseg_nas.config import config_from_dict
@@ -453,9 +454,19 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
         title=f"final models of {study_file.study.name}{synthetic}:<br>validation fg IoU at 224 against {label}", xaxis_title=label,
         yaxis_title="validation foreground IoU at 224 (%), seed mean and range", template="plotly_white",
     )
-    if cost == "params":
-        figure.update_xaxes(type="log")
+    figure.update_xaxes(type="log" if cost == "params" else "linear", range=padded_range(by_model[column], log=cost == "params"))
     return figure
+
+
+def padded_range(values: pd.Series, log: bool, pad: float = 0.15) -> Optional[list[float]]:
+    """An x range with room on both sides for the points' labels (in log10 units on a log axis)."""
+    values = values.dropna()
+    values = values[values > 0] if log else values
+    if values.empty:
+        return None
+    low, high = (float(np.log10(values.min())), float(np.log10(values.max()))) if log else (float(values.min()), float(values.max()))
+    span = high - low or (0.05 if log else max(abs(high) * 0.1, 0.1))
+    return [low - pad * span, high + pad * span]
 
 
 def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, png: bool = True, recipe: Optional[str] = None) -> list[Path]:
