@@ -474,6 +474,7 @@ def final(
     study_name: Optional[str] = StudyNameOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the per-network table as JSON."),
+    also: list[Path] = typer.Option([], "--also", help="Also score the model files of this folder (another final folder) in the table, timed side by side with the rest; the recipe column says what each was trained with (repeatable)."),
 ):
     """Train a study's chosen networks with its final recipe, per seed, and compare them in one table.
 
@@ -489,7 +490,7 @@ def final(
     outcome = run_final(
         study, front, top, tuple(trial), tuple(arch), best_under_params, () if baselines == "none" else tuple(n for n in baselines.split(",") if n),
         parse_seeds(seeds), recipe, teacher, teacher_weights, runs, out, max_steps, table, png, workers, threads, progress,
-        on_run=lambda line: typer.echo(line, err=as_json), storage=storage, study_name=study_name,
+        on_run=lambda line: typer.echo(line, err=as_json), storage=storage, study_name=study_name, also=tuple(also),
     )
     if outcome is None:
         return

@@ -161,3 +161,57 @@ def test_final_plots_leave_room_for_the_end_points_labels():
     low, high = padded_range(pd.Series([1.0]), log=False)  # one network: still a range around it
     assert low < 1.0 < high
     assert padded_range(pd.Series([float("nan")]), log=False) is None
+
+
+def test_one_table_over_final_folders_of_two_recipes_names_each_rows_recipe(tmp_path):
+    """`final --also FOLDER`: the model files of another final folder (another recipe) scored
+    in the same table, timed side by side; each row names its recipe, networks are grouped
+    per recipe, compared only with published networks trained alike, and a file copied
+    into both folders is counted once."""
+    import shutil
+
+    study = write_study(tmp_path, fidelity="false")
+    assert runner.invoke(app, ["search", str(study), "--n-trials", "2", "--no-progress", "--no-report"]).exit_code == 0
+    common = ["--runs", str(tmp_path / "runs"), "--no-png", "--threads", "1", "--no-progress", "--max-steps", "1", "--baselines", "sinet"]
+    other = tmp_path / "tiny-other"
+    assert runner.invoke(app, ["final", str(study), "--recipe", "curve", "--no-table", *common]).exit_code == 0
+    trained = runner.invoke(app, ["final", str(study), "--recipe", "final", "--no-table", "--out", str(other), *common, "--runs", str(tmp_path / "runs-final")])
+    assert trained.exit_code == 0, trained.output
+    squeezed = runner.invoke(app, [
+        "compress", str(other / "sinet.pt"), "--target-params", "37738", "--out", str(other / "sinet-c37738.pt"),
+        "--steps", "1", "--epochs-per-step", "1", "--max-steps-per-step", "1", "--size", "64", "--threads", "1", "--no-progress",
+    ])
+    assert squeezed.exit_code == 0, squeezed.output
+    folder = tmp_path / "tiny-final"
+    shutil.copy(folder / "sinet.pt", other / "sinet-curve-copy.pt")  # the same bytes in both folders: one row
+    before = _snapshot(tmp_path)
+    for extra, expected in [(["--also", str(tmp_path / "nowhere")], "no such folder"), (["--also", str(tmp_path / "runs")], "holds no model file"),
+                            (["--also", str(other), "--no-table"], "--also adds folders to the table")]:
+        refused = runner.invoke(app, ["final", str(study), *common, "--baselines", "none", *extra])
+        assert refused.exit_code == 2 and expected in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, (extra, refused.output)
+    assert _snapshot(tmp_path) == before
+    result = runner.invoke(app, ["final", str(study), *common, "--baselines", "none", "--also", str(other), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    rows = {(row["file"], row["recipe"]) for row in summary["models"]}
+    assert rows == {("sinet.pt", "curve"), ("../tiny-other/sinet.pt", "final"), ("../tiny-other/sinet-c37738.pt", "final+compress")}, rows
+    assert {(row["model"], row["recipe"]) for row in summary["networks"]} == {("sinet", "curve"), ("sinet", "final"), ("sinet-c37738", "final+compress")}
+    # SINet is timed once per backend for both recipes' copies (same network): both read 1.00 there
+    assert {row["latency_ratio"] for row in summary["models"] if row["model"] == "sinet"} == {1.0}
+    # the compressed network is compared with the SINet of its source's recipe, and the line says which recipe
+    bar = [line for line in summary["comparisons"] if "sinet-c37738 against SINet" in line]
+    assert len(bar) == 1 and bar[0].startswith("- [final] sinet-c37738 against SINet (seeds 0)"), summary["comparisons"]
+    text = (folder / "results.md").read_text()
+    assert "Trained with the recipe each row names (`curve`: " in text and "`final`: " in text
+    assert "sinet (curve)" in (folder / "final_params.html").read_text()
+
+
+def test_a_model_files_recipe_is_named_from_its_settings_when_it_was_not_recorded():
+    from lightseg_nas.search.final import training_recipe
+    from lightseg_nas.train import settings_from
+
+    for name in ("curve", "final", "long"):
+        training = settings_from(name, seed=1).model_dump()
+        assert training_recipe(training) == name
+        assert training_recipe({**training, "recipe": None}) == name  # files written before the name was recorded
+    assert training_recipe({**settings_from("final").model_dump(), "recipe": None, "epochs": 7}) == "other"

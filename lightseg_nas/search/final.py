@@ -31,7 +31,7 @@ from lightseg_nas.errors import FieldError, UserError
 from lightseg_nas.presets import get_preset
 from lightseg_nas.search.record import TrialRecord
 from lightseg_nas.search.study_file import StudyFile, derived_folder
-from lightseg_nas.settings import RECIPES
+from lightseg_nas.settings import RECIPES, changed_settings
 
 __all__ = ["PUBLISHED", "FinalRun", "spread", "choose_networks", "plan_runs", "train_runs", "train_in_workers", "train_one", "check_all_kept", "retrain", "parse_seeds", "run_final", "results_table", "write_results", "file_name"]
 
@@ -133,7 +133,7 @@ def plan_runs(
     from lightseg_nas.train import protocol_differences, settings_from
 
     recipe = recipe or study_file.study.final_recipe
-    if recipe is None:
+    if recipe is None and names:  # the table alone needs none: each model file records its own
         raise FieldError("recipe", f"{study_file.path}: names no final_recipe; give {{0}} NAME ({', '.join(sorted(RECIPES))})")
     final_dir = Path(final_dir or final_folder(study_file))
     runs = []
@@ -333,30 +333,76 @@ def _teacher_label(record: dict) -> str:
     return teacher.removeprefix("model file ").split(" (")[0]  # the teacher's file name
 
 
-def results_table(study_file: StudyFile, final_dir: Path, progress: bool = False) -> pd.DataFrame:
-    """Every model file in the final folder, scored the same way (one row per file).
+def training_recipe(training: dict) -> str:
+    """The named recipe (RECIPES) a trained model file's settings are, or "other"."""
+    from lightseg_nas.train import NOT_PROTOCOL, settings_from
+
+    if training.get("recipe") in RECIPES:
+        return training["recipe"]
+    for name in RECIPES:  # files written before the trainer recorded the name
+        settings = settings_from(name, seed=training.get("seed"), val_fraction=training.get("val_fraction"), val_seed=training.get("val_seed"))
+        if not changed_settings(training, settings, ignore=NOT_PROTOCOL):
+            return name
+    return "other"
+
+
+def model_recipe(record: dict, folder: Path) -> str:
+    """What a model file's row was trained with: its recipe, or for a compressed file its
+    source's recipe and "+compress" (the source looked up beside it by name, then at the
+    path the compression recorded; "unknown+compress" where neither is there)."""
+    from lightseg_nas.modelfile import load_record
+
+    compress = record.get("compress") or {}
+    if not compress:
+        return training_recipe(record.get("training") or {})
+    source = Path(compress.get("source") or "")
+    for path in (Path(folder) / source.name, source):
+        if source.name and path.is_file():
+            return f"{model_recipe(load_record(path), path.parent).split('+')[0]}+compress"
+    return "unknown+compress"
+
+
+def table_files(final_dir: Path, also: tuple[Path, ...] = ()) -> list[Path]:
+    """The final folder's model files, then those of the ``also`` folders; a file with the
+    same bytes as one already listed (a model file copied between folders) once."""
+    import hashlib
+
+    files, seen = [], set()
+    for folder in (Path(final_dir), *map(Path, also)):
+        for path in sorted(folder.glob("*.pt")):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                files.append(path)
+    return files
+
+
+def results_table(study_file: StudyFile, final_dir: Path, progress: bool = False, also: tuple[Path, ...] = ()) -> pd.DataFrame:
+    """Every model file in the final folder (and in the ``also`` folders), scored the same
+    way (one row per file).
 
     Latency is a ratio to the study's reference network, timed round-robin with every
     network in one run on the study's backend and, in a second run, on the other one
     (``latency_ratio`` and ``latency_ratio_<other>``). The reference is the folder's own
     trained copy of it where there is one (its row reads 1.00), else the preset built fresh.
     A compressed model file names its source (``source``); its minutes are the
-    compression's alone."""
+    compression's alone. ``recipe`` says what each row was trained with (model_recipe)."""
     from lightseg_nas.cost import count_macs, count_params, measure_latency
     from lightseg_nas.families import build_model
     from lightseg_nas.inference import evaluate_network, load_network
     from lightseg_nas.config import arch_id
 
-    data, cost, ledger = study_file.data_spec(), study_file.cost, read_ledger(final_dir)
+    data, cost, ledgers = study_file.data_spec(), study_file.cost, {}
     rows, models = [], {}
-    for path in sorted(Path(final_dir).glob("*.pt")):
+    for path in table_files(final_dir, also):
         model, preprocessing, record = load_network(path)
         metrics = evaluate_network(model, preprocessing, data, "val", 224, record["training"]["val_fraction"], record["training"]["val_seed"], progress=progress)
+        ledger = ledgers.setdefault(path.parent, read_ledger(path.parent))
         threads = ledger.get(path.name, {}).get("threads") or record.get("threads")
         rows.append({
-            "model": re.sub(r"-seed\d+$", "", path.stem), "file": path.name, "arch_id": record["arch_id"],
+            "model": re.sub(r"-seed\d+$", "", path.stem), "file": os.path.relpath(path, final_dir), "arch_id": record["arch_id"],
             # the run's seed (a compression's own: its fine-tunings use seed + step)
-            "seed": record.get("seed", record["training"]["seed"]),
+            "seed": record.get("seed", record["training"]["seed"]), "recipe": model_recipe(record, path.parent),
             "teacher": _teacher_label(record), "source": Path((record.get("compress") or {}).get("source") or "").name,
             "params": count_params(model), "macs_conv_only_m": count_macs(model, 224, ("conv_only",))["conv_only"].macs / 1e6,
             "val_fg_iou_224": metrics["fg_iou"] * 100, "val_miou_224": metrics["miou"] * 100, "val_boundary_f_224": metrics["boundary_f"] * 100,
@@ -369,11 +415,11 @@ def results_table(study_file: StudyFile, final_dir: Path, progress: bool = False
     reference = arch_id(preset)
     if reference not in models:
         models[reference] = build_model(preset).eval()
-    frame = pd.DataFrame(rows).sort_values(["model", "seed"], kind="stable").reset_index(drop=True)
+    frame = pd.DataFrame(rows).sort_values(["model", "recipe", "seed"], kind="stable").reset_index(drop=True)
     for position, backend in enumerate((cost.backend, other_backend(cost.backend))):
         timing = measure_latency(models, size=cost.size, threads=cost.threads, repeats=max(30, cost.repeats), backend=backend)
         column = "latency_ratio" if position == 0 else f"latency_ratio_{backend}"
-        frame.insert(8 + position, column, [timing[a].median_ms / timing[reference].median_ms for a in frame.arch_id])
+        frame.insert(frame.columns.get_loc("macs_conv_only_m") + 1 + position, column, [timing[a].median_ms / timing[reference].median_ms for a in frame.arch_id])
     return frame
 
 
@@ -382,13 +428,28 @@ def _seed_spread(row) -> str:
 
 
 def summary(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Per network over its seeds, and one line per comparison with a published network:
-    the gap in seed means with both networks' seed spread beside it."""
-    by_model = frame.groupby("model", sort=False).agg(
+    """Per network (and recipe, where the table has that column) over its seeds, and one
+    line per comparison with a published network trained with the same recipe (a compressed
+    network's: its source's): the gap in seed means with both networks' seed spread beside it."""
+    keys = ["model", "recipe"] if "recipe" in frame.columns else ["model"]
+    by_model = frame.groupby(keys, sort=False).agg(
         params=("params", "first"), latency_ratio=("latency_ratio", "first"),
         **{c: (c, "first") for c in frame.columns if c.startswith("latency_ratio_")}, seeds=("seed", lambda s: ",".join(map(str, sorted(s)))),
         val_fg_iou_224_mean=("val_fg_iou_224", "mean"), val_fg_iou_224_min=("val_fg_iou_224", "min"), val_fg_iou_224_max=("val_fg_iou_224", "max"),
     ).reset_index()
+    if "recipe" not in by_model.columns:
+        return by_model, _comparisons(by_model)
+    base = by_model.recipe.str.split("+").str[0]
+    groups = list(dict.fromkeys(base))
+    lines = []
+    for group in groups:
+        said = _comparisons(by_model[base == group])
+        lines += [f"- [{group}] {line[2:]}" for line in said] if len(groups) > 1 else said
+    return by_model, lines
+
+
+def _comparisons(by_model: pd.DataFrame) -> list[str]:
+    """The comparison lines of networks trained alike (summary)."""
     lines = []
     base = by_model[by_model.model == "extremec3net"]
     searched = by_model[~by_model.model.str.replace("-kd", "").isin(PUBLISHED) & (by_model.params <= PARAMS_LIMIT)]
@@ -419,12 +480,12 @@ def summary(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if len(sinet):
         for _, row in fast.iterrows():
             lines.append(f"- {row.model} at {row.latency_ratio:.2f}x SINet's latency: {row.val_fg_iou_224_mean - sinet.iloc[0].val_fg_iou_224_mean:+.2f} points against SINet (target within 0.5).")
-    return by_model, lines
+    return lines
 
 
 def recipe_text(recipe: str) -> str:
     """A recipe's settings as the table names them: the usual ones and every one it sets."""
-    from lightseg_nas.settings import RECIPES
+    from lightseg_nas.settings import RECIPES, changed_settings
     from lightseg_nas.train import settings_from
 
     named = {"epochs", "size", "batch_size", "lr", "schedule", "loss"} | set(RECIPES[recipe])
@@ -439,14 +500,16 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
     label = {"params": "parameters", "latency": f"latency ratio to {study_file.cost.reference} ({study_file.cost.backend}, timed side by side)"}[cost]
     figure = go.Figure()
     published = by_model.model.isin(PUBLISHED)
+    mixed = "recipe" in by_model.columns and by_model.recipe.nunique() > 1
+    names = by_model.model + (" (" + by_model.recipe + ")" if mixed else "")
     for mask, name, marker in ((~published, "searched or compressed (seed mean)", dict(color="#1f77b4", size=10)), (published, "published", dict(symbol="star", size=16, color="#d62728"))):
         part = by_model[mask]
         if part.empty:
             continue
         figure.add_trace(go.Scatter(
-            x=part[column], y=part.val_fg_iou_224_mean, mode="markers+text", name=name, marker=marker, text=part.model, textposition="top center",
+            x=part[column], y=part.val_fg_iou_224_mean, mode="markers+text", name=name, marker=marker, text=names[mask], textposition="top center",
             error_y=dict(type="data", symmetric=False, array=part.val_fg_iou_224_max - part.val_fg_iou_224_mean, arrayminus=part.val_fg_iou_224_mean - part.val_fg_iou_224_min),
-            customdata=part[["model", "params", "latency_ratio", "seeds"]].to_numpy(),
+            customdata=part.assign(model=names[mask])[["model", "params", "latency_ratio", "seeds"]].to_numpy(),
             hovertemplate="%{customdata[0]}<br>val fg IoU %{y:.2f}% (seeds %{customdata[3]})<br>%{customdata[1]:,} parameters<br>latency %{customdata[2]:.2f}x<extra></extra>",
         ))
     synthetic = " (synthetic data)" if study_file.data.spec.startswith("synthetic") else ""
@@ -469,8 +532,9 @@ def padded_range(values: pd.Series, log: bool, pad: float = 0.15) -> Optional[li
     return [low - pad * span, high + pad * span]
 
 
-def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, png: bool = True, recipe: Optional[str] = None) -> list[Path]:
-    """results.csv, results.md and the plots (HTML, and PNG where kaleido can draw)."""
+def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, png: bool = True) -> list[Path]:
+    """results.csv, results.md and the plots (HTML, and PNG where kaleido can draw); the
+    text names the recipe of the table's rows (their ``recipe`` column)."""
     from lightseg_nas.search.report import PLOTLYJS, _png_available, figure_html, place_plotlyjs
 
     final_dir = Path(final_dir)
@@ -491,11 +555,16 @@ def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, p
             (final_dir / f"{name}.png").unlink(missing_ok=True)
         (final_dir / f"{name}.html").write_text(figure_html(figure, name, (final_dir / f"{name}.png").exists(), plotlyjs))
         written.append(final_dir / f"{name}.html")
-    recipe = recipe or study_file.study.final_recipe
+    bases = list(dict.fromkeys(frame.recipe.str.split("+").str[0]))
+    if len(bases) == 1 and bases[0] in RECIPES:
+        trained = f"Trained with the `{bases[0]}` recipe ({recipe_text(bases[0])})"
+    else:  # several recipes in one table (final --also), or settings of no named recipe
+        named = "; ".join(f"`{name}`: {recipe_text(name)}" for name in bases if name in RECIPES)
+        trained = f"Trained with the recipe each row names ({named + '; ' if named else ''}other: settings of no named recipe; NAME+compress: compressed from a model file trained with NAME)"
     text = [
         f"# Final models of {study_file.study.name}",
         "",
-        f"Trained with the `{recipe}` recipe ({recipe_text(recipe)}), "
+        f"{trained}, "
         f"on the study's data (`{study_file.data.spec}`) minus its validation split ({study_file.data.val_fraction:g}, seed {study_file.data.val_seed}); "
         "an EG1800 test list is never read. Scored on that validation split with the papers' protocol: per-image foreground IoU at 224x224 (the papers' \"mIoU\"), mIoU over "
         "background and foreground, boundary F, in %. Parameters and conv-only MACs (convolutions and linear layers; batch norm, activations, "
@@ -540,11 +609,12 @@ def run_final(
     baselines: tuple[str, ...], seeds: tuple[int, ...], recipe: Optional[str] = None, teacher: Optional[str] = None,
     teacher_weights: Optional[Path] = None, runs_dir: Path = Path("runs/final"), out: Optional[Path] = None, max_steps: Optional[int] = None,
     table: bool = True, png: bool = True, workers: int = 1, threads: Optional[int] = None, progress: bool = True, on_run=print,
-    storage: Optional[str] = None, study_name: Optional[str] = None,
+    storage: Optional[str] = None, study_name: Optional[str] = None, also: tuple[Path, ...] = (),
 ):
     """The `final` job: choose, check every reuse, train (``workers`` at a time), then score
-    every model file of the final folder. Returns (folder, per-file table, per-network
-    table, comparison lines), or None with ``table`` off."""
+    every model file of the final folder (and of the ``also`` folders, in the same table).
+    Returns (folder, per-file table, per-network table, comparison lines), or None with
+    ``table`` off."""
     from lightseg_nas.checks import check_output_dir
     from lightseg_nas.search import load_study_file, open_study
 
@@ -554,6 +624,13 @@ def run_final(
         raise FieldError(("top", "front"), "{0} goes with {1}")
     if teacher_weights is not None and not Path(teacher_weights).is_file():
         raise FieldError("teacher_weights", f"{{0}} {teacher_weights}: no such file")
+    if also and not table:
+        raise FieldError(("also", "no_table"), "{0} adds folders to the table; it does not go with {1}")
+    for extra in also:
+        if not Path(extra).is_dir():
+            raise FieldError("also", f"{{0}} {extra}: no such folder")
+        if not any(Path(extra).glob("*.pt")):
+            raise FieldError("also", f"{{0}} {extra}: holds no model file (*.pt)")
     study_file = load_study_file(study)
     folder = check_output_dir(out or final_folder(study_file))
     result = open_study(study_file, storage, study_name, create=False)
@@ -574,6 +651,6 @@ def run_final(
     check_all_kept(plans)
     if not table:
         return None
-    frame = results_table(study_file, folder, progress)
-    write_results(frame, study_file, folder, png, recipe)
+    frame = results_table(study_file, folder, progress, tuple(also))
+    write_results(frame, study_file, folder, png)
     return (folder, frame, *summary(frame))
