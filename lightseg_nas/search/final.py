@@ -485,7 +485,7 @@ def _comparisons(by_model: pd.DataFrame) -> list[str]:
 
 def recipe_text(recipe: str) -> str:
     """A recipe's settings as the table names them: the usual ones and every one it sets."""
-    from lightseg_nas.settings import RECIPES, changed_settings
+    from lightseg_nas.settings import RECIPES
     from lightseg_nas.train import settings_from
 
     named = {"epochs", "size", "batch_size", "lr", "schedule", "loss"} | set(RECIPES[recipe])
