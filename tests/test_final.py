@@ -201,6 +201,12 @@ def test_one_table_over_final_folders_of_two_recipes_names_each_rows_recipe(tmp_
     # the compressed network is compared with the SINet of its source's recipe, and the line says which recipe
     bar = [line for line in summary["comparisons"] if "sinet-c37738 against SINet" in line]
     assert len(bar) == 1 and bar[0].startswith("- [final] sinet-c37738 against SINet (seeds 0)"), summary["comparisons"]
+    # a table of other folders alone, in a new folder; a table of nothing is refused in one line
+    alone = runner.invoke(app, ["final", str(study), *common, "--baselines", "none", "--also", str(other), "--out", str(tmp_path / "both")])
+    assert alone.exit_code == 0 and (tmp_path / "both" / "results.md").exists(), alone.output
+    assert "../tiny-other/sinet-c37738.pt" in (tmp_path / "both" / "results.md").read_text()
+    empty = runner.invoke(app, ["final", str(study), *common, "--baselines", "none", "--out", str(tmp_path / "empty")])
+    assert empty.exit_code == 2 and "holds no model file to score" in empty.stderr and not (tmp_path / "empty").exists(), empty.output
     text = (folder / "results.md").read_text()
     assert "Trained with the recipe each row names (`curve`: " in text and "`final`: " in text
     assert "sinet (curve)" in (folder / "final_params.html").read_text()

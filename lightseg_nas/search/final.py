@@ -652,5 +652,8 @@ def run_final(
     if not table:
         return None
     frame = results_table(study_file, folder, progress, tuple(also))
+    if frame.empty:
+        raise UserError(f"{folder}: holds no model file to score; train networks first (--front, --trial, --arch, --baselines) or add folders with --also")
+    folder.mkdir(parents=True, exist_ok=True)  # a table of --also folders alone
     write_results(frame, study_file, folder, png)
     return (folder, frame, *summary(frame))
