@@ -208,7 +208,8 @@ def test_one_table_over_final_folders_of_two_recipes_names_each_rows_recipe(tmp_
     empty = runner.invoke(app, ["final", str(study), *common, "--baselines", "none", "--out", str(tmp_path / "empty")])
     assert empty.exit_code == 2 and "holds no model file to score" in empty.stderr and not (tmp_path / "empty").exists(), empty.output
     text = (folder / "results.md").read_text()
-    assert "Trained with the recipe each row names (`curve`: " in text and "`final`: " in text
+    assert "Trained with the recipe each row names (`curve`: " in text and "`final`: " in text and "NAME+compress: " in text
+    assert "other: " not in text  # only the kinds of row the table holds are explained
     assert "sinet (curve)" in (folder / "final_params.html").read_text()
 
 

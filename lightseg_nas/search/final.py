@@ -559,8 +559,10 @@ def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, p
     if len(bases) == 1 and bases[0] in RECIPES:
         trained = f"Trained with the `{bases[0]}` recipe ({recipe_text(bases[0])})"
     else:  # several recipes in one table (final --also), or settings of no named recipe
-        named = "; ".join(f"`{name}`: {recipe_text(name)}" for name in bases if name in RECIPES)
-        trained = f"Trained with the recipe each row names ({named + '; ' if named else ''}other: settings of no named recipe; NAME+compress: compressed from a model file trained with NAME)"
+        parts = [f"`{name}`: {recipe_text(name)}" for name in bases if name in RECIPES]
+        parts += ["other: settings of no named recipe"] * ("other" in bases) + ["unknown: a compressed file whose source is not at hand"] * ("unknown" in bases)
+        parts += ["NAME+compress: compressed from a model file trained with NAME"] * bool(frame.recipe.str.endswith("+compress").any())
+        trained = f"Trained with the recipe each row names ({'; '.join(parts)})"
     text = [
         f"# Final models of {study_file.study.name}",
         "",
