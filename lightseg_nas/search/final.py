@@ -507,7 +507,7 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
         if part.empty:
             continue
         figure.add_trace(go.Scatter(
-            x=part[column], y=part.val_fg_iou_224_mean, mode="markers+text", name=name, marker=marker, text=names[mask], textposition="top center",
+            x=part[column], y=part.val_fg_iou_224_mean, mode="markers+text", name=name, marker=marker, text=names[mask], textposition="middle right" if mixed else "top center", cliponaxis=False,
             error_y=dict(type="data", symmetric=False, array=part.val_fg_iou_224_max - part.val_fg_iou_224_mean, arrayminus=part.val_fg_iou_224_mean - part.val_fg_iou_224_min),
             customdata=part.assign(model=names[mask])[["model", "params", "latency_ratio", "seeds"]].to_numpy(),
             hovertemplate="%{customdata[0]}<br>val fg IoU %{y:.2f}% (seeds %{customdata[3]})<br>%{customdata[1]:,} parameters<br>latency %{customdata[2]:.2f}x<extra></extra>",
@@ -516,6 +516,7 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
     figure.update_layout(
         title=f"final models of {study_file.study.name}{synthetic}:<br>validation fg IoU at 224 against {label}", xaxis_title=label,
         yaxis_title="validation foreground IoU at 224 (%), seed mean and range", template="plotly_white",
+        legend=dict(orientation="h", yanchor="top", y=-0.15), margin=dict(r=150 if mixed else 40),
     )
     figure.update_xaxes(type="log" if cost == "params" else "linear", range=padded_range(by_model[column], log=cost == "params"))
     return figure
