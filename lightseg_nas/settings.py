@@ -170,9 +170,10 @@ RECIPES: dict[str, dict] = {
     # epoch 80; the boundary-band Lovász term (weight 0.5) gained 0.24 at 30 epochs (one
     # seed each, benchmarks/results/long_curves_*.md and protocol.md). The official affine
     # warp (-2.70) and encoder-first epochs (-0.58) did not pay and are left out. The two
-    # together: SINet 95.26 (+0.60 on the 100-epoch curve), 7825f0dea1a9 94.60 (+0.34), seed
-    # 0 (studies/eg1800_hybrid_r128-long); SINet took 116 CPU-minutes against the final
-    # recipe's 34 (both beside other work).
+    # together: SINet 95.24 (two seeds; +0.60 on seed 0's 100-epoch curve), 7825f0dea1a9
+    # 94.60 (+0.34, seed 0), SINet compressed to 37,540 parameters and distilled 94.62 (two
+    # seeds; studies/eg1800_hybrid_r128-long); SINet took 98-116 CPU-minutes against the
+    # final recipe's 34 (all beside other work).
     "long": {"epochs": 100, "size": 224, "edge_weight": 0.5},
 }
 
