@@ -2,6 +2,7 @@
 only when their protocol matches, and compared in one table (tiny steps here)."""
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -161,6 +162,17 @@ def test_final_plots_leave_room_for_the_end_points_labels():
     low, high = padded_range(pd.Series([1.0]), log=False)  # one network: still a range around it
     assert low < 1.0 < high
     assert padded_range(pd.Series([float("nan")]), log=False) is None
+    # and the plots use it: both axes of a two-network table reach past its end points
+    from lightseg_nas.search.final import final_figure
+    from lightseg_nas.search.study_file import load_study_file
+
+    by_model = pd.DataFrame({"model": ["7825f0dea1a9", "sinet"], "recipe": ["long", "long"], "params": [35990, 86684], "latency_ratio": [0.94, 1.0],
+                             "seeds": ["0", "0"], "val_fg_iou_224_mean": [94.6, 95.26], "val_fg_iou_224_min": [94.6, 95.26], "val_fg_iou_224_max": [94.6, 95.26]})
+    study_file = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "eg1800_hybrid_r128.toml", needs_data=False)
+    low, high = final_figure(by_model, "params", study_file).layout.xaxis.range
+    assert low < math.log10(35990) and high > math.log10(86684)
+    low, high = final_figure(by_model, "latency", study_file).layout.xaxis.range
+    assert low < 0.94 and high > 1.0
 
 
 def test_one_table_over_final_folders_of_two_recipes_names_each_rows_recipe(tmp_path):

@@ -358,8 +358,13 @@ def model_recipe(record: dict, folder: Path) -> str:
     source = Path(compress.get("source") or "")
     for path in (Path(folder) / source.name, source):
         if source.name and path.is_file():
-            return f"{model_recipe(load_record(path), path.parent).split('+')[0]}+compress"
+            return f"{base_recipe(model_recipe(load_record(path), path.parent))}+compress"
     return "unknown+compress"
+
+
+def base_recipe(recipe: str) -> str:
+    """The recipe a row's networks are compared within: a compressed file's source's."""
+    return recipe.removesuffix("+compress")
 
 
 def table_files(final_dir: Path, also: tuple[Path, ...] = ()) -> list[Path]:
@@ -439,7 +444,7 @@ def summary(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     ).reset_index()
     if "recipe" not in by_model.columns:
         return by_model, _comparisons(by_model)
-    base = by_model.recipe.str.split("+").str[0]
+    base = by_model.recipe.map(base_recipe)
     groups = list(dict.fromkeys(base))
     lines = []
     for group in groups:
@@ -556,7 +561,7 @@ def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, p
             (final_dir / f"{name}.png").unlink(missing_ok=True)
         (final_dir / f"{name}.html").write_text(figure_html(figure, name, (final_dir / f"{name}.png").exists(), plotlyjs))
         written.append(final_dir / f"{name}.html")
-    bases = list(dict.fromkeys(frame.recipe.str.split("+").str[0]))
+    bases = list(dict.fromkeys(frame.recipe.map(base_recipe)))
     if len(bases) == 1 and bases[0] in RECIPES:
         trained = f"Trained with the `{bases[0]}` recipe ({recipe_text(bases[0])})"
     else:  # several recipes in one table (final --also), or settings of no named recipe
