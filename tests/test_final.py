@@ -175,6 +175,48 @@ def test_final_plots_leave_room_for_the_end_points_labels():
     assert low < 0.94 and high > 1.0
 
 
+def test_final_plot_labels_of_crowded_points_do_not_overlap_and_stay_in_the_plot():
+    """Labels of near points (two networks at nearly one size and score, a column of
+    compressed networks) are moved apart, beside or above their points, within the plot
+    area, and each label that moved hangs on a line from its own point."""
+    from lightseg_nas.search.final import LABEL_FONT_PX, label_places
+
+    line = LABEL_FONT_PX + 3
+    texts = ["7825f0dea1a9 (long)", "sinet-c37738-e10-kd (long+compress)", "sinet-c37738-e10 (long+compress)", "a (final)", "b (final)", "c (final)"]
+    px = [200.0, 210.0, 210.0, 60.0, 60.0, 62.0]
+    py = [300.0, 301.0, 295.0, 100.0, 98.0, 96.0]
+    area = (0.0, 700.0, 0.0, 390.0)
+    for beside in (True, False):
+        places = label_places(px, py, texts, beside=beside, area=area)
+        boxes = []
+        for x, y, text, (shift, side) in zip(px, py, texts, places):
+            width = 0.52 * LABEL_FONT_PX * len(text)
+            left = {"right": x + 10, "left": x - 10 - width, "above": x - width / 2}[side]
+            centre = (y if beside else y + 8 + line / 2) + shift
+            boxes.append((left, left + width, centre - line / 2, centre + line / 2))
+            assert side in (("right", "left") if beside else ("above",))
+        for i, a in enumerate(boxes):
+            assert area[0] <= a[0] and a[1] <= area[1] and area[2] <= a[2] and a[3] <= area[3], (texts[i], a)
+            for j, b in enumerate(boxes[:i]):
+                assert not (a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]), (texts[i], texts[j])
+        assert any(shift for shift, _ in places)  # crowded: something had to move
+    # a lone point's label stays where it was
+    assert label_places([300.0], [200.0], ["sinet (long)"], beside=True, area=area) == [(0, "right")]
+    # and the figure draws one annotation per point, the moved ones on a visible line
+    import pandas as pd
+
+    from lightseg_nas.search.final import final_figure
+    from lightseg_nas.search.study_file import load_study_file
+
+    by_model = pd.DataFrame({"model": ["7825f0dea1a9", "sinet-c37738-e10-kd", "sinet"], "recipe": ["long", "long+compress", "long"], "params": [35990, 37540, 86684],
+                             "latency_ratio": [0.88, 0.66, 1.0], "seeds": ["0", "0,1", "0,1"], "val_fg_iou_224_mean": [94.60, 94.62, 95.24],
+                             "val_fg_iou_224_min": [94.60, 94.59, 95.21], "val_fg_iou_224_max": [94.60, 94.64, 95.26]})
+    study_file = load_study_file(Path(__file__).resolve().parents[1] / "studies" / "eg1800_hybrid_r128.toml", needs_data=False)
+    annotations = final_figure(by_model, "params", study_file).layout.annotations
+    assert sorted(a.text for a in annotations) == sorted(by_model.model + " (" + by_model.recipe + ")")
+    assert all((a.ay != 0) == (a.arrowcolor != "rgba(0,0,0,0)") for a in annotations)
+
+
 def test_one_table_over_final_folders_of_two_recipes_names_each_rows_recipe(tmp_path):
     """`final --also FOLDER`: the model files of another final folder (another recipe) scored
     in the same table, timed side by side; each row names its recipe, networks are grouped

@@ -497,12 +497,18 @@ def recipe_text(recipe: str) -> str:
     return json.dumps(settings_from(recipe).model_dump(include=named))
 
 
+FIGURE_SIZE = (900, 600)  # px: the PNG's size, and the size label placement assumes
+LABEL_FONT_PX = 12
+
+
 def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
-    """Seed-mean validation fg IoU at 224 against parameters or latency; published marked."""
+    """Seed-mean validation fg IoU at 224 against parameters or latency; published marked.
+    Each point's label is an annotation, moved up or down where it would overlap another."""
     import plotly.graph_objects as go
 
     column = {"params": "params", "latency": "latency_ratio"}[cost]
     label = {"params": "parameters", "latency": f"latency ratio to {study_file.cost.reference} ({study_file.cost.backend}, timed side by side)"}[cost]
+    log = cost == "params"
     figure = go.Figure()
     published = by_model.model.isin(PUBLISHED)
     mixed = "recipe" in by_model.columns and by_model.recipe.nunique() > 1
@@ -512,19 +518,73 @@ def final_figure(by_model: pd.DataFrame, cost: str, study_file: StudyFile):
         if part.empty:
             continue
         figure.add_trace(go.Scatter(
-            x=part[column], y=part.val_fg_iou_224_mean, mode="markers+text", name=name, marker=marker, text=names[mask], textposition="middle right" if mixed else "top center", cliponaxis=False,
+            x=part[column], y=part.val_fg_iou_224_mean, mode="markers", name=name, marker=marker, cliponaxis=False,
             error_y=dict(type="data", symmetric=False, array=part.val_fg_iou_224_max - part.val_fg_iou_224_mean, arrayminus=part.val_fg_iou_224_mean - part.val_fg_iou_224_min),
             customdata=part.assign(model=names[mask])[["model", "params", "latency_ratio", "seeds"]].to_numpy(),
             hovertemplate="%{customdata[0]}<br>val fg IoU %{y:.2f}% (seeds %{customdata[3]})<br>%{customdata[1]:,} parameters<br>latency %{customdata[2]:.2f}x<extra></extra>",
         ))
     synthetic = " (synthetic data)" if study_file.data.spec.startswith("synthetic") else ""
+    margin = dict(l=80, r=170 if mixed else 40, t=90, b=120)
+    x_range = padded_range(by_model[column], log=log)
+    y_range = padded_range(pd.concat([by_model.val_fg_iou_224_min, by_model.val_fg_iou_224_max]), log=False, pad=0.08)
     figure.update_layout(
         title=f"final models of {study_file.study.name}{synthetic}:<br>validation fg IoU at 224 against {label}", xaxis_title=label,
-        yaxis_title="validation foreground IoU at 224 (%), seed mean and range", template="plotly_white",
-        legend=dict(orientation="h", yanchor="top", y=-0.15), margin=dict(r=150 if mixed else 40),
+        yaxis_title="validation foreground IoU at 224 (%), seed mean and range", template="plotly_white", width=FIGURE_SIZE[0], height=FIGURE_SIZE[1],
+        legend=dict(orientation="h", yanchor="top", y=-0.15), margin=margin,
     )
-    figure.update_xaxes(type="log" if cost == "params" else "linear", range=padded_range(by_model[column], log=cost == "params"))
+    figure.update_xaxes(type="log" if log else "linear", range=x_range)
+    figure.update_yaxes(range=y_range)
+    shown = by_model[column].notna() & by_model.val_fg_iou_224_mean.notna() & (by_model[column] > 0 if log else True)
+    if shown.any() and x_range and y_range:
+        xs = np.log10(by_model[column][shown].astype(float)) if log else by_model[column][shown].astype(float)
+        plot = (FIGURE_SIZE[0] - margin["l"] - margin["r"], FIGURE_SIZE[1] - margin["t"] - margin["b"])
+        px = [(float(x) - x_range[0]) / (x_range[1] - x_range[0]) * plot[0] for x in xs]
+        py = [(float(y) - y_range[0]) / (y_range[1] - y_range[0]) * plot[1] for y in by_model.val_fg_iou_224_mean[shown]]
+        texts = list(names[shown])
+        places = label_places(px, py, texts, beside=mixed, area=(0, plot[0] + margin["r"] - 5, 0, plot[1]))
+        for x, y, text, (shift, side) in zip(by_model[column][shown], by_model.val_fg_iou_224_mean[shown], texts, places):
+            # a shifted label hangs on a thin line from its point
+            figure.add_annotation(x=float(np.log10(x)) if log else x, y=y, text=text, font=dict(size=LABEL_FONT_PX), showarrow=True, arrowhead=0,
+                                  arrowwidth=0.6 if shift else 0.1, arrowcolor="#999999" if shift else "rgba(0,0,0,0)",
+                                  ax={"right": 10, "left": -10, "above": 0}[side], ay=-shift if mixed else -(shift + 8),
+                                  xanchor={"right": "left", "left": "right", "above": "center"}[side], yanchor="middle" if mixed else "bottom")
     return figure
+
+
+def label_places(px: list[float], py: list[float], texts: list[str], beside: bool, area: Optional[tuple[float, float, float, float]] = None, font_px: int = LABEL_FONT_PX) -> list[tuple[int, str]]:
+    """Where each point's label goes, as (vertical pixel shift, up positive; side: "right",
+    "left" or "above"), keeping the labels' boxes apart. Labels are placed from the top point
+    down, each at the first free place in the order: no shift, one line down, one line up,
+    two down, ... (beside its point: right, then left, at each shift; else above it). A
+    place is free where its box meets no other point's marker and no label placed before
+    it, and stays within area (left, right, bottom, top) where that is given: a label may
+    reach into the right margin, not past the axes elsewhere. A shifted label is drawn
+    on a thin line from its point. Boxes are estimated from the text length (0.52 of the
+    font size a character, about Arial's); px, py are the points' pixel positions in the
+    plot area (y up)."""
+    line = font_px + 3
+    placed: list[tuple[float, float, float, float]] = [(x - 7, x + 7, y - 7, y + 7) for x, y in zip(px, py)]  # the markers
+    places: list[tuple[int, str]] = [(0, "right" if beside else "above")] * len(texts)
+    for i in sorted(range(len(texts)), key=lambda i: -py[i]):
+        width = 0.52 * font_px * len(texts[i])
+        others = [b for j, b in enumerate(placed) if j != i]  # a label may touch its own marker
+        candidates = [((k + 1) // 2 * line * (-1 if k % 2 else 1), side) for k in range(2 * len(texts) + 1)
+                      for side in (("right", "left") if beside else ("above",))]  # shifts 0, one line down, one up, two down, ...
+        for shift, side in candidates:
+            left = {"right": px[i] + 10, "left": px[i] - 10 - width, "above": px[i] - width / 2}[side]
+            centre = (py[i] if beside else py[i] + 8 + line / 2) + shift
+            box = (left, left + width, centre - line / 2, centre + line / 2)
+            inside = area is None or (box[0] >= area[0] and box[1] <= area[1] and box[2] >= area[2] and box[3] <= area[3])
+            if inside and not any(box[0] < b[1] and b[0] < box[1] and box[2] < b[3] and b[2] < box[3] for b in others):
+                break
+        else:
+            shift, side = candidates[0]
+            left = px[i] + 10 if beside else px[i] - width / 2
+            centre = py[i] if beside else py[i] + 8 + line / 2
+            box = (left, left + width, centre - line / 2, centre + line / 2)
+        placed.append(box)
+        places[i] = (int(round(shift)), side)
+    return places
 
 
 def padded_range(values: pd.Series, log: bool, pad: float = 0.15) -> Optional[list[float]]:
