@@ -1,6 +1,7 @@
 """The search end to end on tiny synthetic trials (32-64 px, a few images, 1 epoch a rung)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -274,3 +275,34 @@ def test_a_study_names_the_recipe_its_chosen_networks_are_trained_with(tmp_path)
     path = write_study(tmp_path, study_extra='final_recipe = "forever"')
     with pytest.raises(UserError, match="final_recipe: 'forever' is unknown"):
         load_study_file(path)
+
+
+def test_report_plots_are_drawn_in_one_browser_session_and_a_failed_one_leaves_no_image(tmp_path, monkeypatch):
+    from lightseg_nas.search import report as report_module
+
+    path = write_study(tmp_path, fidelity="false")
+    study = run_search(load_study_file(path), n_trials=2, storage="memory", progress=False)
+    calls = []
+    real = report_module.pio.write_images
+
+    def counted(figures, files, **options):
+        calls.append(len(figures))
+        return real(figures, files, **options)
+
+    monkeypatch.setattr(report_module.pio, "write_images", counted)
+    report_module.write_report(study, tmp_path / "report")
+    if report_module._png_available():
+        pytest.skip(report_module._png_available())
+    pngs = sorted((tmp_path / "report").glob("*.png"))
+    assert calls == [len(pngs)] and len(pngs) >= 2  # every plot, one browser start
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+    def broken(figures, files, **options):  # the first image written, then the browser dies
+        Path(files[0]).write_bytes(b"half")
+        raise RuntimeError("browser closed")
+
+    monkeypatch.setattr(report_module.pio, "write_images", broken)
+    report_module.write_report(study, tmp_path / "report")
+    folder = tmp_path / "report"
+    assert not list(folder.glob("*.png")) and "PNG export failed (RuntimeError: browser closed)" in (folder / "summary.md").read_text()
+    assert all(".png" not in page.read_text() for page in folder.glob("*.html"))  # no page points at a missing image

@@ -601,7 +601,7 @@ def padded_range(values: pd.Series, log: bool, pad: float = 0.15) -> Optional[li
 def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, png: bool = True) -> list[Path]:
     """results.csv, results.md and the plots (HTML, and PNG where kaleido can draw); the
     text names the recipe of the table's rows (their ``recipe`` column)."""
-    from lightseg_nas.search.report import PLOTLYJS, _png_available, figure_html, place_plotlyjs
+    from lightseg_nas.search.report import PLOTLYJS, _png_available, figure_html, place_plotlyjs, write_pngs
 
     final_dir = Path(final_dir)
     by_model, lines = summary(frame)
@@ -609,14 +609,11 @@ def write_results(frame: pd.DataFrame, study_file: StudyFile, final_dir: Path, p
     plotlyjs = place_plotlyjs(final_dir)
     written = [final_dir / "results.csv", *([final_dir / PLOTLYJS] if plotlyjs == PLOTLYJS else [])]
     png_note = _png_available() if png else "PNG export not asked for."
-    for cost in ("params", "latency"):
-        figure, name = final_figure(by_model, cost, study_file), f"final_{cost}"
-        if not png_note:
-            try:
-                (final_dir / f"{name}.png").write_bytes(figure.to_image(format="png", width=900, height=600))
-                written.append(final_dir / f"{name}.png")
-            except Exception as error:  # a browser that fails to start: keep the HTML
-                png_note = f"PNG export failed ({error.__class__.__name__})."
+    figures = {f"final_{cost}": final_figure(by_model, cost, study_file) for cost in ("params", "latency")}
+    if not png_note:
+        png_note = write_pngs(figures, final_dir, width=900, height=600)
+        written += [] if png_note else [final_dir / f"{name}.png" for name in figures]
+    for name, figure in figures.items():
         if final_dir / f"{name}.png" not in written:  # never leave an image of an older table beside this one
             (final_dir / f"{name}.png").unlink(missing_ok=True)
         (final_dir / f"{name}.html").write_text(figure_html(figure, name, (final_dir / f"{name}.png").exists(), plotlyjs))

@@ -21,6 +21,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from lightseg_nas.search.pareto import hypervolume, non_dominated_ranks
@@ -302,6 +303,21 @@ def _png_available() -> str:
     return ""
 
 
+def write_pngs(figures: dict, folder: Path, width: int, height: int) -> str:
+    """Write each figure as ``folder/NAME.png`` in one browser session (kaleido starts
+    Chromium once per call, about 3 s here, so one call for all plots rather than one each).
+    Returns "" or, where the browser fails, a note saying why; then no PNG of this call is
+    left behind."""
+    paths = [Path(folder) / f"{name}.png" for name in figures]
+    try:
+        pio.write_images(list(figures.values()), paths, format="png", width=width, height=height)
+        return ""
+    except Exception as error:  # a browser that fails to start: keep the HTML, say why
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return f"PNG export failed ({error.__class__.__name__}: {str(error)[:120]}); the HTML files are complete."
+
+
 class Report(list):
     """The files written (a list), and ``note``: a line for the terminal (PNG skipped, ...)."""
 
@@ -373,13 +389,10 @@ def write_report(study: optuna.Study, out: Path, png: bool = True, study_file=No
         plotlyjs = place_plotlyjs(staging) if figures else PLOTLYJS
         if plotlyjs == PLOTLYJS and figures:
             names.append(PLOTLYJS)
+        if not png_note:
+            png_note = write_pngs(figures, staging, width=900, height=650)
+            names += [] if png_note else [f"{name}.png" for name in figures]
         for name, figure in figures.items():
-            if not png_note:
-                try:
-                    (staging / f"{name}.png").write_bytes(figure.to_image(format="png", width=900, height=650))
-                    names.append(f"{name}.png")
-                except Exception as error:  # a browser that fails to start: keep the HTML, say why
-                    png_note = f"PNG export failed ({error.__class__.__name__}: {str(error)[:120]}); the HTML files are complete."
             (staging / f"{name}.html").write_text(figure_html(figure, name, (staging / f"{name}.png").exists(), plotlyjs))
             names.append(f"{name}.html")
         correlations = proxy_correlations(frame)
