@@ -7,8 +7,9 @@ the README's paths work unchanged. What the test changes, and only that:
 
 - the study files are the shipped ones with fewer trials and tiny rungs (and a tiny supernet);
 - training commands get ``--max-steps 2`` (supernet training also ``--recalibration-images 8``,
-  final also ``--no-png``) and compress commands ``--max-steps-per-step 1``
-  (the README's schedules are for real runs; options given twice take the last value);
+  final also ``--no-png``) and compress commands ``--max-steps-per-step 1``; train, supernet
+  and compress also ``--size 64 --batch-size 4`` (the README's schedules and sizes are for
+  real runs; options given twice take the last value);
 - ``--threads N`` above this machine's cores runs with its cores (the page's 16 are for a
   16-core worker; 16 threads on 2 cores only oversubscribe them);
 - the PostgreSQL host is a throwaway local server (skipped where PostgreSQL is absent);
@@ -40,9 +41,10 @@ from tests.fixtures import write_dataset
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = REPO.parent / "shared" / "reference" / "official"
 NOT_OURS = ("pip ", "python -m pytest", "createdb ", "optuna-dashboard ")
+TINY = ["--size", "64", "--batch-size", "4"]  # a smoke step at the README's 160-224 px takes seconds each
 SMOKE = {
-    "train": ["--max-steps", "2"], "compress": ["--max-steps-per-step", "1"], "supernet": ["--max-steps", "2", "--recalibration-images", "8"],
-    "final": ["--max-steps", "2", "--no-png"],
+    "train": ["--max-steps", "2", *TINY], "compress": ["--max-steps-per-step", "1", *TINY],
+    "supernet": ["--max-steps", "2", "--recalibration-images", "8", *TINY], "final": ["--max-steps", "2", "--no-png"],
 }
 runner = CliRunner()
 
