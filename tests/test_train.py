@@ -248,6 +248,26 @@ def test_meter_perfect_and_empty_images():
     assert metrics["fg_iou"] == 1.0 and metrics["miou"] == 1.0 and metrics["boundary_f"] == 1.0
 
 
+def test_boundary_f_neighbourhoods_are_the_max_pool_ones_at_every_shape_and_edge():
+    """The boundary-F windows (shifted ORs) against their definition: max pools padded with
+    -inf, so a window is cut at the image's edges; empty, full, thin and random masks."""
+    import torch.nn.functional as F
+
+    from lightseg_nas.metrics import _boundary, _dilate
+
+    def pooled_boundary(mask):
+        m = mask[:, None].float()
+        return (F.max_pool2d(m, 3, 1, 1) + F.max_pool2d(-m, 3, 1, 1))[:, 0] > 0
+
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(2, 1, 1), (2, 1, 9), (2, 7, 1), (3, 2, 3), (4, 17, 9), (2, 64, 48)]:
+        masks = [torch.rand(shape, generator=generator) < p for p in (0.02, 0.5, 0.98)] + [torch.zeros(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.bool)]
+        for mask in masks:
+            assert torch.equal(_boundary(mask), pooled_boundary(mask)), shape
+            for radius in (1, 2, 3, 7):
+                assert torch.equal(_dilate(mask, radius), F.max_pool2d(mask[:, None].float(), 2 * radius + 1, 1, radius)[:, 0] > 0), (shape, radius)
+
+
 def test_train_with_a_teacher_distils_and_records_it(tmp_path):
     base = ["--data", "synthetic:count=8", "--size", "32", "--epochs", "2", "--batch-size", "4", "--no-progress"]
     teacher = tmp_path / "teacher"
