@@ -309,6 +309,8 @@ def write_pngs(figures: dict, folder: Path, width: int, height: int) -> str:
     Returns "" or, where the browser fails, a note saying why; then no PNG of this call is
     left behind."""
     paths = [Path(folder) / f"{name}.png" for name in figures]
+    if not paths:  # nothing to draw: no browser started
+        return ""
     try:
         pio.write_images(list(figures.values()), paths, format="png", width=width, height=height)
         return ""
