@@ -83,18 +83,28 @@ def test_final_models_names_and_comparison_lines():
     # the over-budget network is compared with neither; the one within budget with ExtremeC3Net, with SINet's
     # bar (not met: 0.30 points short, though faster), and, being fast, with SINet's accuracy
     assert len(lines) == 3, lines
-    assert "+0.60 points against ExtremeC3Net (seeds 0,1)" in lines[0] and "-0.30 points against SINet" in lines[2]
-    assert lines[1].startswith("- 0123456789ab against SINet (seeds 0): -0.30 points") and "latency 0.40x of SINet's (latency_ratio)" in lines[1]
-    assert lines[1].endswith(": not met.")
-    frame.loc[frame.model == "0123456789ab", "val_fg_iou_224"] += 0.5  # now 0.20 above SINet, still faster: met
+    assert "+0.60 points against ExtremeC3Net (seeds 0,1) in seed means," in lines[0]
+    # gaps are paired by seed: SINet has seed 0 only, so seed 0 against seed 0 (93.5 - 94.0), the all-seed means beside
+    assert "-0.50 points against SINet (seeds 0, the ones both have) (-0.30 over all of each one's seeds)" in lines[2]
+    assert lines[1].startswith("- 0123456789ab against SINet (seeds 0, the ones both have): -0.50 points in seed means (-0.30 over all")
+    assert "latency 0.40x of SINet's (latency_ratio)" in lines[1] and lines[1].endswith(": not met.")
+    frame.loc[frame.model == "0123456789ab", "val_fg_iou_224"] += 0.7  # seed 0 now 0.20 above SINet's seed 0, still faster: met
     _, lines = final.summary(frame)
-    assert lines[1].startswith("- 0123456789ab against SINet (seeds 0): +0.20 points") and lines[1].endswith(": met.")
+    assert lines[1].startswith("- 0123456789ab against SINet (seeds 0, the ones both have): +0.20 points") and lines[1].endswith(": met.")
     slower = frame.assign(latency_ratio_onnxruntime=[1.5, 1.5, 1.2, 1.2, 0.9, 1.0])  # slower than SINet on the other backend
     assert final.summary(slower)[1][1].endswith(": not met.") and "0.40x, 1.20x of SINet's" in final.summary(slower)[1][1]
-    frame.loc[frame.model == "0123456789ab", "val_fg_iou_224"] -= 0.5
+    frame.loc[frame.model == "0123456789ab", "val_fg_iou_224"] -= 0.7
     assert "seed spread 0.40 here, 0.20 for ExtremeC3Net" in lines[0]
     _, lines = final.summary(frame[frame.seed == 0])
     assert "seed spread n/a (one seed) here, n/a (one seed) for" in lines[0]
+    # a third SINet seed does not move a two-seed network's gap: seeds 0,1 against seeds 0,1
+    three = pd.concat([frame, pd.DataFrame({"model": ["sinet", "sinet"], "seed": [1, 2], "params": [86684] * 2, "latency_ratio": [1.0] * 2,
+                                            "val_fg_iou_224": [94.4, 92.0]})], ignore_index=True)
+    line = final.summary(three)[1][1]
+    assert line.startswith("- 0123456789ab against SINet (seeds 0,1, the ones both have): -0.50 points in seed means (+0.23 over all"), line
+    # no seed in common: the means over each one's own seeds, said so
+    apart = three.assign(seed=[0, 1, 5, 6, 0, 0, 1, 2])
+    assert "against SINet (seeds none in common: each one's own): +0.23 points" in final.summary(apart)[1][1]
 
 
 def test_final_models_ledger_keeps_every_entry_when_trainings_finish_together(tmp_path):

@@ -442,19 +442,36 @@ def summary(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         **{c: (c, "first") for c in frame.columns if c.startswith("latency_ratio_")}, seeds=("seed", lambda s: ",".join(map(str, sorted(s)))),
         val_fg_iou_224_mean=("val_fg_iou_224", "mean"), val_fg_iou_224_min=("val_fg_iou_224", "min"), val_fg_iou_224_max=("val_fg_iou_224", "max"),
     ).reset_index()
+    scores = {key if isinstance(key, tuple) else (key,): dict(zip(part.seed, part.val_fg_iou_224)) for key, part in frame.groupby(keys, sort=False)}
+    scores_of = lambda row: scores[tuple(row[k] for k in keys)]  # noqa: E731  {seed: fg IoU} of a by_model row
     if "recipe" not in by_model.columns:
-        return by_model, _comparisons(by_model)
+        return by_model, _comparisons(by_model, scores_of)
     base = by_model.recipe.map(base_recipe)
     groups = list(dict.fromkeys(base))
     lines = []
     for group in groups:
-        said = _comparisons(by_model[base == group])
+        said = _comparisons(by_model[base == group], scores_of)
         lines += [f"- [{group}] {line[2:]}" for line in said] if len(groups) > 1 else said
     return by_model, lines
 
 
-def _comparisons(by_model: pd.DataFrame) -> list[str]:
-    """The comparison lines of networks trained alike (summary)."""
+def _paired_gap(mine: dict, theirs: dict) -> tuple[float, str, str]:
+    """(gap, seeds, qualifier): the difference of seed means over the seeds both networks
+    were trained with (the same seed is the same split order and initialisation stream), and
+    how that differs from the means over all of each one's seeds, when it does."""
+    shared = sorted(set(mine) & set(theirs))
+    everything = sum(mine.values()) / len(mine) - sum(theirs.values()) / len(theirs)
+    if not shared:
+        return everything, "none in common: each one's own", ""
+    gap = sum(mine[s] for s in shared) / len(shared) - sum(theirs[s] for s in shared) / len(shared)
+    if set(mine) == set(theirs):
+        return gap, ",".join(map(str, shared)), ""
+    return gap, ",".join(map(str, shared)) + ", the ones both have", f" ({everything:+.2f} over all of each one's seeds)"
+
+
+def _comparisons(by_model: pd.DataFrame, scores_of) -> list[str]:
+    """The comparison lines of networks trained alike (summary); each gap is paired by seed
+    (``scores_of(row)``: that row's {seed: fg IoU})."""
     lines = []
     base = by_model[by_model.model == "extremec3net"]
     searched = by_model[~by_model.model.str.replace("-kd", "").isin(PUBLISHED) & (by_model.params <= PARAMS_LIMIT)]
@@ -462,9 +479,10 @@ def _comparisons(by_model: pd.DataFrame) -> list[str]:
         c3 = base.iloc[0]
         for _, row in searched.iterrows():
             kd = " (distilled; ExtremeC3Net here is not)" if row.model.endswith("-kd") else ""
+            gap, seeds, qualifier = _paired_gap(scores_of(row), scores_of(c3))
             lines.append(
-                f"- {row.model}{kd} ({row.params:,} params, seeds {row.seeds}): {row.val_fg_iou_224_mean - c3.val_fg_iou_224_mean:+.2f} points against "
-                f"ExtremeC3Net (seeds {c3.seeds}) in seed means, target +0.5; seed spread {_seed_spread(row)} here, {_seed_spread(c3)} for ExtremeC3Net."
+                f"- {row.model}{kd} ({row.params:,} params, seeds {row.seeds}): {gap:+.2f} points against "
+                f"ExtremeC3Net (seeds {seeds}) in seed means{qualifier}, target +0.5; seed spread {_seed_spread(row)} here, {_seed_spread(c3)} for ExtremeC3Net."
             )
     sinet = by_model[by_model.model == "sinet"]
     fast = by_model[(by_model.latency_ratio <= 0.5) & ~by_model.model.isin(PUBLISHED)]
@@ -474,17 +492,18 @@ def _comparisons(by_model: pd.DataFrame) -> list[str]:
         top = sinet.iloc[0]
         ratios = [c for c in by_model.columns if c.startswith("latency_ratio")]
         for _, row in searched.iterrows():
-            gap = row.val_fg_iou_224_mean - top.val_fg_iou_224_mean
+            gap, seeds, qualifier = _paired_gap(scores_of(row), scores_of(top))
             met = gap >= 0 and all(row[c] <= top[c] for c in ratios)
             latency = ", ".join(f"{row[c] / top[c]:.2f}x" for c in ratios)
             lines.append(
-                f"- {row.model} against SINet (seeds {top.seeds}): {gap:+.2f} points in seed means (seed spread {_seed_spread(row)} here, "
+                f"- {row.model} against SINet (seeds {seeds}): {gap:+.2f} points in seed means{qualifier} (seed spread {_seed_spread(row)} here, "
                 f"{_seed_spread(top)} for SINet), latency {latency} of SINet's ({', '.join(ratios)}); "
                 f"target (at most 37,738 params and SINet's latency, at least its accuracy): {'met' if met else 'not met'}."
             )
     if len(sinet):
         for _, row in fast.iterrows():
-            lines.append(f"- {row.model} at {row.latency_ratio:.2f}x SINet's latency: {row.val_fg_iou_224_mean - sinet.iloc[0].val_fg_iou_224_mean:+.2f} points against SINet (target within 0.5).")
+            gap, seeds, qualifier = _paired_gap(scores_of(row), scores_of(sinet.iloc[0]))
+            lines.append(f"- {row.model} at {row.latency_ratio:.2f}x SINet's latency: {gap:+.2f} points against SINet (seeds {seeds}){qualifier}; target within 0.5.")
     return lines
 
 
