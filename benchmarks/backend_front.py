@@ -24,7 +24,7 @@ from lightseg_nas.cost import LATENCY_BACKENDS, measure_latency
 from lightseg_nas.errors import UserError
 from lightseg_nas.families import build_model
 from lightseg_nas.presets import get_preset
-from lightseg_nas.scripts import Parser, count, existing_file, fail, guard_results, record_protocol
+from lightseg_nas.scripts import Parser, count, existing_file, fail, guard_results, write_results
 from lightseg_nas.search import load_study_file, open_study, trials_dataframe
 from lightseg_nas.search.pareto import non_dominated_ranks
 from lightseg_nas.search.record import TrialRecord
@@ -86,9 +86,7 @@ def main() -> None:
         f"on one front only: {len(changed)} ({', '.join(f'trial {int(n)}' for n in changed.number) or 'none'}). "
         f"Pearson correlation of the two latency ratios: {correlation:.2f}.", "",
     ])
-    (args.out / f"{name}.md").write_text(text)
-    record_protocol(args.out, name, protocol)
-    print(text)
+    write_results(args.out, name, text, protocol)
 
 
 if __name__ == "__main__":

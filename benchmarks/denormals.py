@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lightseg_nas.errors import UserError
-from lightseg_nas.scripts import Parser, count, existing_file, fail, guard_results, record_protocol
+from lightseg_nas.scripts import Parser, count, existing_file, fail, guard_results, write_results
 
 NAME = "denormals"
 REPO = Path(__file__).resolve().parents[1]
@@ -145,10 +145,7 @@ def main() -> None:
         *(f"| {label} | {layout} | {ek:.1f} | {ef:.1f} | {ek / ef:.2f} | {tk:.2f} | {tf:.2f} | {tk / tf:.2f} |" for label, layout, ek, ef, tk, tf in rows),
         "",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.md").write_text("\n".join(lines))
-    record_protocol(args.out, NAME, protocol)
-    print("\n".join(lines))
+    write_results(args.out, NAME, "\n".join(lines), protocol)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import lightseg_nas.losses as losses
 from lightseg_nas.families import build_model
 from lightseg_nas.presets import get_preset, list_presets
-from lightseg_nas.scripts import Parser, count, guard_results, record_protocol
+from lightseg_nas.scripts import Parser, count, guard_results, write_results
 from lightseg_nas.speed import use_threads
 
 NAME = "edge_term_cost"
@@ -90,10 +90,7 @@ def main() -> None:
         *(f"| {form} | {median[form]:.3f} | {median[form] / median['ce']:.2f} |" for form in forms),
         "",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.md").write_text("\n".join(lines))
-    record_protocol(args.out, NAME, protocol)
-    print("\n".join(lines))
+    write_results(args.out, NAME, "\n".join(lines), protocol)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 
 from lightseg_nas.errors import UserError
 from lightseg_nas.families import build_model
-from lightseg_nas.scripts import Parser, count, existing_file, fail, guard_results, record_protocol, seed
+from lightseg_nas.scripts import Parser, count, existing_file, fail, guard_results, seed, write_results
 from lightseg_nas.search import load_study_file, open_study
 from lightseg_nas.search.final import NAME_PATTERN, _config_for, file_name, final_folder
 from lightseg_nas.settings import RECIPES, changed_settings
@@ -190,9 +190,7 @@ def main() -> None:
         shown.to_markdown(floatfmt=".2f") if len(shown) else "(no epoch finished yet)",
         "",
     ])
-    (args.out / f"{name}.md").write_text(text)
-    record_protocol(args.out, name, protocol)
-    print(text)
+    write_results(args.out, name, text, protocol)
 
 
 if __name__ == "__main__":

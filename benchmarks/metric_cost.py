@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import lightseg_nas.metrics as metrics
 from lightseg_nas.families import build_model
 from lightseg_nas.presets import get_preset, list_presets
-from lightseg_nas.scripts import Parser, count, guard_results, record_protocol
+from lightseg_nas.scripts import Parser, count, guard_results, write_results
 from lightseg_nas.speed import flush_denormals, place_input, place_model, use_threads
 
 NAME = "metric_cost"
@@ -98,10 +98,7 @@ def main() -> None:
         *(f"| {form} | {median[form]:.3f} | {median[form] / alone:.2f} |" for form in forms),
         "",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.md").write_text("\n".join(lines))
-    record_protocol(args.out, NAME, protocol)
-    print("\n".join(lines))
+    write_results(args.out, NAME, "\n".join(lines), protocol)
 
 
 if __name__ == "__main__":

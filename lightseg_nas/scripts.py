@@ -127,3 +127,12 @@ def guard_results(out: Path, name: str, protocol: dict) -> None:
 def record_protocol(out: Path, name: str, protocol: dict) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     _protocol_file(out, name).write_text(json.dumps(protocol, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_results(out: Path, name: str, text: str, protocol: dict) -> None:
+    """OUT/NAME.md with ``text``, its protocol beside it (what ``guard_results`` checks on a
+    rerun), and the text printed."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"{name}.md").write_text(text)
+    record_protocol(out, name, protocol)
+    print(text)
