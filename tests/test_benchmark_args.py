@@ -46,6 +46,10 @@ CASES = [
     ("protocol", ["resnet:final"], "resnet"),
     ("protocol", ["sinet1:final", "sinet1:long-ish"], "unknown recipe 'long-ish'"),
     ("protocol", ["sinet:final", "--threads", "0"], "--threads"),
+    ("metric_cost", ["--steps", "0"], "--steps"),
+    ("metric_cost", ["--network", "resnet"], "--network"),
+    ("metric_cost", ["--batch-size", "x"], "--batch-size"),
+    ("metric_cost", ["--steps", "3"], "holds results of another protocol"),  # the committed results are of --steps 9
 ]
 # these read the committed EG1800 studies' data: only where it is present
 WITH_DATA = [

@@ -296,7 +296,7 @@ def test_report_plots_are_drawn_in_one_browser_session_and_a_failed_one_leaves_n
     report_module.write_report(study, folder)
     pngs = sorted(folder.glob("*.png"))
     assert calls == [len(pngs)] and len(pngs) >= 2  # every plot, one browser start
-    assert all(f"{p.name}" in (folder / f"{p.stem}.html").read_text() for p in pngs)
+    assert all(p.name in (folder / f"{p.stem}.html").read_text() for p in pngs)
 
     def broken(figures, files, **options):  # the first image written, then the browser dies
         Path(files[0]).write_bytes(b"half")

@@ -250,22 +250,19 @@ def test_meter_perfect_and_empty_images():
 
 def test_boundary_f_neighbourhoods_are_the_max_pool_ones_at_every_shape_and_edge():
     """The boundary-F windows (shifted ORs) against their definition: max pools padded with
-    -inf, so a window is cut at the image's edges; empty, full, thin and random masks."""
-    import torch.nn.functional as F
-
+    -inf, so a window is cut at the image's edges (the former code, which
+    benchmarks/metric_cost.py keeps as its reference); empty, full, thin and random masks."""
     from lightseg_nas.metrics import _boundary, _dilate
+    from tests.test_benchmarks import _load
 
-    def pooled_boundary(mask):
-        m = mask[:, None].float()
-        return (F.max_pool2d(m, 3, 1, 1) + F.max_pool2d(-m, 3, 1, 1))[:, 0] > 0
-
+    reference = _load("metric_cost")
     generator = torch.Generator().manual_seed(0)
     for shape in [(2, 1, 1), (2, 1, 9), (2, 7, 1), (3, 2, 3), (4, 17, 9), (2, 64, 48)]:
         masks = [torch.rand(shape, generator=generator) < p for p in (0.02, 0.5, 0.98)] + [torch.zeros(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.bool)]
         for mask in masks:
-            assert torch.equal(_boundary(mask), pooled_boundary(mask)), shape
+            assert torch.equal(_boundary(mask), reference.max_pool_boundary(mask)), shape
             for radius in (1, 2, 3, 7):
-                assert torch.equal(_dilate(mask, radius), F.max_pool2d(mask[:, None].float(), 2 * radius + 1, 1, radius)[:, 0] > 0), (shape, radius)
+                assert torch.equal(_dilate(mask, radius), reference.max_pool_dilate(mask, radius)), (shape, radius)
 
 
 def test_train_with_a_teacher_distils_and_records_it(tmp_path):

@@ -305,7 +305,7 @@ def _png_available() -> str:
 
 def write_pngs(figures: dict, folder: Path, width: int, height: int) -> str:
     """Write each figure as ``folder/NAME.png`` in one browser session (kaleido starts
-    Chromium once per call, about 3 s here, so one call for all plots rather than one each).
+    Chromium once per call, so one call for all plots rather than one each).
     Returns "" or, where the browser fails, a note saying why; then no PNG of this call is
     left behind."""
     paths = [Path(folder) / f"{name}.png" for name in figures]
