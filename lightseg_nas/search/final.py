@@ -442,7 +442,7 @@ def summary(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         **{c: (c, "first") for c in frame.columns if c.startswith("latency_ratio_")}, seeds=("seed", lambda s: ",".join(map(str, sorted(s)))),
         val_fg_iou_224_mean=("val_fg_iou_224", "mean"), val_fg_iou_224_min=("val_fg_iou_224", "min"), val_fg_iou_224_max=("val_fg_iou_224", "max"),
     ).reset_index()
-    scores = {key if isinstance(key, tuple) else (key,): dict(zip(part.seed, part.val_fg_iou_224)) for key, part in frame.groupby(keys, sort=False)}
+    scores = {key: dict(zip(part.seed, part.val_fg_iou_224)) for key, part in frame.groupby(keys, sort=False)}  # list keys: tuple keys
     scores_of = lambda row: scores[tuple(row[k] for k in keys)]  # noqa: E731  {seed: fg IoU} of a by_model row
     if "recipe" not in by_model.columns:
         return by_model, _comparisons(by_model, scores_of)
